@@ -1,0 +1,45 @@
+"""The FastAPI application: ``build_app(settings)`` wires the service, routes and error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from rag_service import __version__
+from rag_service.api.body_limit import BodySizeLimit
+from rag_service.api.errors import install_error_handlers
+from rag_service.api.responses import OrjsonResponse
+from rag_service.api.routes import router
+from rag_service.config import Settings
+from rag_service.service import Service
+
+
+def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
+    service = service or Service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Start loading in the background: /healthz answers now, /readyz once warmed up.
+        starting = asyncio.create_task(service.start())
+        try:
+            yield
+        finally:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            service.shutdown()
+
+    app = FastAPI(
+        title="rag-service",
+        version=__version__,
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
+    return app

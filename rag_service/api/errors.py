@@ -1,0 +1,77 @@
+"""Every error leaves the API as ``{"error": {"message", "type", "code", "param"}}``.
+
+Client mistakes are 4xx with a message that names the field; only our own bugs are 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from rag_service.api.responses import OrjsonResponse
+from rag_service.errors import NotReady, RagError
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_NOT_READY_S = "5"
+
+# Starlette/FastAPI's own HTTP errors: status -> (type, code).
+_HTTP_ERRORS = {
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
+}
+
+
+def error_body(message: str, type_: str, code: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code, "param": param}}
+
+
+def rag_error_response(exc: RagError) -> OrjsonResponse:
+    headers = {"Retry-After": RETRY_AFTER_NOT_READY_S} if isinstance(exc, NotReady) else None
+    return OrjsonResponse(
+        error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status, headers=headers
+    )
+
+
+def _describe(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    parts = []
+    for err in errors[:5]:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    first = errors[0] if errors else {}
+    first_loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    return "; ".join(parts) or "invalid request", (".".join(first_loc) or None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RagError)
+    async def _rag_error(request: Request, exc: RagError) -> OrjsonResponse:
+        return rag_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> OrjsonResponse:
+        message, param = _describe(list(exc.errors()))
+        return OrjsonResponse(
+            error_body(message, "invalid_request_error", "invalid_request", param), status_code=400
+        )
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> OrjsonResponse:
+        default = ("invalid_request_error", "invalid_request") if exc.status_code < 500 else ("internal_error",) * 2
+        type_, code = _HTTP_ERRORS.get(exc.status_code, default)
+        return OrjsonResponse(
+            error_body(str(exc.detail), type_, code),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> OrjsonResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return OrjsonResponse(error_body("internal server error", "internal_error", "internal_error"), status_code=500)

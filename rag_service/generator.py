@@ -1,0 +1,93 @@
+"""vLLM engine adapter: start the async engine in-process, stream answers, abort, shut down.
+
+vLLM's ``AsyncLLM`` batches concurrent requests continuously; each ``stream`` call is one request.
+A request that is abandoned (client gone, caller cancelled) is aborted in the engine so no tokens
+keep being computed for nobody.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncGenerator
+from typing import Any, Protocol
+
+import anyio
+
+from rag_service.config import GeneratorSettings
+from rag_service.types import GenerationChunk
+
+log = logging.getLogger(__name__)
+
+
+class Generator(Protocol):
+    def stream(
+        self, prompt_ids: list[int], *, max_tokens: int, temperature: float, request_id: str
+    ) -> AsyncGenerator[GenerationChunk, None]: ...
+
+    def shutdown(self) -> None: ...
+
+
+def configure_vllm_environment(settings: GeneratorSettings) -> None:
+    """vLLM's CPU backend reads these at import/start time, so set them before the engine exists."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.kv_cache_gib:g}")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", settings.cpu_threads_bind)
+
+
+class VllmGenerator:
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    @classmethod
+    def start(cls, settings: GeneratorSettings) -> VllmGenerator:
+        """Blocking (tens of seconds on CPU): run it in a worker thread from async code."""
+        configure_vllm_environment(settings)
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=settings.model,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            enforce_eager=settings.enforce_eager,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+        )
+        engine = AsyncLLM.from_engine_args(args)
+        log.info("vLLM engine started for %s", settings.model)
+        return cls(engine)
+
+    async def stream(
+        self, prompt_ids: list[int], *, max_tokens: int, temperature: float, request_id: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            max_tokens=max_tokens, temperature=temperature, output_kind=RequestOutputKind.DELTA
+        )
+        completion_tokens = 0
+        finished = False
+        try:
+            async for out in self._engine.generate(
+                TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=request_id
+            ):
+                piece = out.outputs[0]
+                completion_tokens += len(piece.token_ids)
+                finished = out.finished
+                yield GenerationChunk(
+                    text=piece.text,
+                    finish_reason=piece.finish_reason if finished else None,
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=completion_tokens,
+                )
+        finally:
+            if not finished:
+                # Closed early (client disconnect, cancellation): stop the work in the engine. Shielded,
+                # because under a cancelled anyio scope every unshielded await is cancelled again.
+                with anyio.CancelScope(shield=True):
+                    await self._engine.abort(request_id)
+                log.info("aborted generation %s after %d tokens", request_id, completion_tokens)
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()

@@ -1,0 +1,147 @@
+"""One question through embed -> retrieve -> generate, timing every stage.
+
+``ask_stream`` is the single code path: it yields text deltas and then one final ``Answer``;
+``ask`` just collects it. Stages that run on the CPU (the encoder) run in a worker thread so the
+event loop keeps serving other requests and streaming tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rag_service.config import Settings
+from rag_service.encoder import Encoder
+from rag_service.errors import InvalidRequest
+from rag_service.generator import Generator
+from rag_service.retriever import Retriever
+from rag_service.types import Context, Hit, Usage
+
+
+class StageTimer:
+    """Wall-clock milliseconds per stage, plus the total since the request started."""
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = round((time.perf_counter() - start) * 1000, 2)
+
+    def mark(self, name: str) -> None:
+        """Milliseconds from the request's start until now (e.g. the first token)."""
+        self.ms[name] = round((time.perf_counter() - self._started) * 1000, 2)
+
+    def finish(self) -> dict[str, float]:
+        self.mark("total")
+        return dict(self.ms)
+
+
+@dataclass(slots=True)
+class AskRequest:
+    """A validated question; build it with ``Pipeline.new_request`` so the context budget is known."""
+
+    question: str
+    top_k: int
+    max_tokens: int
+    temperature: float
+    context_budget: int
+    request_id: str = field(default_factory=lambda: f"rag-{uuid.uuid4().hex}")
+
+
+@dataclass(slots=True)
+class Answer:
+    request_id: str
+    text: str
+    context: Context
+    usage: Usage
+    timings_ms: dict[str, float]
+    finish_reason: str | None
+
+
+@dataclass(slots=True)
+class SearchResult:
+    hits: list[Hit]
+    timings_ms: dict[str, float]
+
+
+class Pipeline:
+    def __init__(self, encoder: Encoder, retriever: Retriever, generator: Generator, settings: Settings) -> None:
+        self.encoder = encoder
+        self.retriever = retriever
+        self.prompts = retriever.prompts
+        self.generator = generator
+        self.settings = settings
+
+    async def _embed(self, text: str) -> np.ndarray:
+        vectors = await asyncio.to_thread(self.encoder.encode_queries, [text])
+        return vectors[0]
+
+    async def search(self, query: str, top_k: int) -> SearchResult:
+        timer = StageTimer()
+        with timer.stage("embed"):
+            vector = await self._embed(query)
+        with timer.stage("retrieve"):
+            hits = self.retriever.search(vector, top_k)
+        return SearchResult(hits, timer.finish())
+
+    def new_request(self, question: str, *, top_k: int, max_tokens: int, temperature: float) -> AskRequest:
+        """Checks the question fits the model and fixes the passages' token budget: the configured
+        one, capped by what the context holds after the prompt's own tokens and the answer."""
+        overhead = len(self.prompts.build(question, ""))
+        room = self.settings.generator.max_model_len - max_tokens - overhead
+        if room <= 0:
+            raise InvalidRequest(
+                f"question too long: its prompt takes {overhead} tokens and the answer {max_tokens}, "
+                f"over the model's context of {self.settings.generator.max_model_len}",
+                code="context_length_exceeded",
+                param="question",
+            )
+        budget = min(self.settings.retriever.context_tokens, room)
+        return AskRequest(question, top_k, max_tokens, temperature, context_budget=budget)
+
+    async def ask_stream(self, req: AskRequest) -> AsyncIterator[str | Answer]:
+        """Yields answer text deltas (str), then exactly one ``Answer``."""
+        timer = StageTimer()
+        with timer.stage("embed"):
+            vector = await self._embed(req.question)
+        with timer.stage("retrieve"):
+            hits = self.retriever.search(vector, req.top_k)
+            context = self.retriever.pack(hits, req.context_budget)
+            prompt_ids = self.prompts.build(req.question, self.prompts.context_text(context.hits))
+
+        usage = Usage(prompt_tokens=len(prompt_ids), context_tokens=context.tokens)
+        parts: list[str] = []
+        finish_reason: str | None = None
+        with timer.stage("generate"):
+            chunks = self.generator.stream(
+                prompt_ids, max_tokens=req.max_tokens, temperature=req.temperature, request_id=req.request_id
+            )
+            # aclosing: if our caller stops early, the engine request is aborted now, not at GC.
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    if not parts and chunk.text:
+                        timer.mark("first_token")
+                    usage.completion_tokens = chunk.completion_tokens
+                    finish_reason = chunk.finish_reason or finish_reason
+                    if chunk.text:
+                        parts.append(chunk.text)
+                        yield chunk.text
+        yield Answer(req.request_id, "".join(parts).strip(), context, usage, timer.finish(), finish_reason)
+
+    async def ask(self, req: AskRequest) -> Answer:
+        async for item in self.ask_stream(req):
+            if isinstance(item, Answer):
+                return item
+        raise RuntimeError("pipeline ended without an answer")

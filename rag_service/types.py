@@ -1,0 +1,57 @@
+"""Plain data passed between components. No behaviour beyond small derived values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A chunk of a document, the unit the index stores and the retriever returns."""
+
+    id: str
+    doc_id: str
+    title: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    passage: Passage
+    score: float
+
+
+@dataclass(slots=True)
+class Context:
+    """Passages packed for the prompt, best first, and what the packing left out."""
+
+    hits: list[Hit]
+    tokens: int
+    budget: int
+    dropped: list[Hit] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    context_tokens: int = 0
+
+
+@dataclass(slots=True)
+class GenerationChunk:
+    """One streamed piece of an answer. ``finish_reason`` is set on the last one."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A source text before chunking."""
+
+    id: str
+    title: str
+    text: str
