@@ -39,7 +39,7 @@ class Encoder:
         self.model_id = settings.model
         self.batch_size = settings.batch_size
         self._model = SentenceTransformer(path, device=settings.device)
-        dim = self._model.get_sentence_embedding_dimension()
+        dim = self._model.get_embedding_dimension()
         if dim is None:
             raise ValueError(f"encoder {settings.model!r} does not report an embedding dimension")
         self.dimension: int = int(dim)

@@ -35,8 +35,9 @@ def configure_vllm_environment(settings: GeneratorSettings) -> None:
 
 
 class VllmGenerator:
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, stop: list[str]) -> None:
         self._engine = engine
+        self._stop = stop
 
     @classmethod
     def start(cls, settings: GeneratorSettings) -> VllmGenerator:
@@ -54,7 +55,7 @@ class VllmGenerator:
         )
         engine = AsyncLLM.from_engine_args(args)
         log.info("vLLM engine started for %s", settings.model)
-        return cls(engine)
+        return cls(engine, settings.stop)
 
     async def stream(
         self, prompt_ids: list[int], *, max_tokens: int, temperature: float, request_id: str
@@ -64,7 +65,10 @@ class VllmGenerator:
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(
-            max_tokens=max_tokens, temperature=temperature, output_kind=RequestOutputKind.DELTA
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=self._stop,
+            output_kind=RequestOutputKind.DELTA,
         )
         completion_tokens = 0
         finished = False

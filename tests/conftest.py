@@ -1,0 +1,131 @@
+"""Shared fixtures. Everything is real: the MiniLM encoder, FAISS, the SmolLM2 tokenizer and, for the
+API tests, a live uvicorn server running vLLM on the CPU (started once per test session)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rag_service.config import Settings
+from rag_service.index import MANIFEST_FILE
+from rag_service.model_prep import is_prepared
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RAG_SHARED_DATA", REPO.parent / "shared" / "data"))
+GENERATOR_DIR = REPO / "models" / "smollm2-135m-instruct"
+SERVER_START_TIMEOUT_S = 420
+
+
+def repo_settings(**overrides: object) -> Settings:
+    """Default settings with paths anchored at the repository, whatever the working directory."""
+    base: dict[str, object] = {
+        "generator": {"model": str(GENERATOR_DIR)},
+        "index": {"dir": REPO / "indexes"},
+    }
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    if not is_prepared(GENERATOR_DIR):
+        pytest.fail(f"generator weights missing at {GENERATOR_DIR}: run `make test` (it prepares them)")
+    return repo_settings()
+
+
+@pytest.fixture(scope="session")
+def encoder(settings: Settings):  # type: ignore[no-untyped-def]
+    from rag_service.encoder import Encoder
+
+    return Encoder(settings.encoder)
+
+
+@pytest.fixture(scope="session")
+def prompts(settings: Settings):  # type: ignore[no-untyped-def]
+    from rag_service.prompt import PromptBuilder
+
+    return PromptBuilder.from_model(settings.generator.model, settings.generator.system_prompt)
+
+
+@pytest.fixture(scope="session")
+def default_index_dir(settings: Settings) -> Path:
+    folder = settings.index_path
+    if not (folder / MANIFEST_FILE).is_file():
+        pytest.fail(f"default index missing at {folder}: run `make test` (it builds it)")
+    return folder
+
+
+def scifact_dir() -> Path:
+    folder = SHARED_DATA / "scifact"
+    if not (folder / "corpus.jsonl").is_file():
+        pytest.skip(f"shared evaluation data not found at {folder} (set RAG_SHARED_DATA to its folder)")
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    log_path: Path
+    saw_not_ready: bool
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def live_server(settings: Settings, default_index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """``rag-service serve`` in a subprocess on a free port: the real thing, vLLM included."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = {
+        **os.environ,
+        "RAG_SERVER__PORT": str(port),
+        "RAG_GENERATOR__MODEL": settings.generator.model,
+        "RAG_INDEX__DIR": str(settings.index.dir),
+        "RAG_SERVER__MAX_BODY_BYTES": "65536",
+    }
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rag_service.cli", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    saw_not_ready = False
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+            try:
+                r = httpx.get(f"{url}/readyz", timeout=2)
+                if r.status_code == 200:
+                    break
+                saw_not_ready = saw_not_ready or r.status_code == 503
+                if r.json().get("status") == "failed":
+                    pytest.fail(f"server failed to start: {r.json()}\n{log_path.read_text()[-4000:]}")
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        yield LiveServer(url, log_path, saw_not_ready)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
