@@ -66,6 +66,13 @@ def cmd_build_index(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env_example(settings: Settings, args: argparse.Namespace) -> int:
+    from rag_service.config import render_env_example
+
+    sys.stdout.write(render_env_example())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag-service", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--corpus", help="BEIR-style corpus.jsonl instead of the built-in default corpus")
     build.add_argument("--force", action="store_true", help="rebuild even if the index exists")
     build.set_defaults(func=cmd_build_index)
+
+    env = sub.add_parser("env-example", help="print every setting as a commented .env file")
+    env.set_defaults(func=cmd_env_example)
     return parser
 
 

@@ -1,0 +1,92 @@
+"""Context packing under a token budget counted with the generator's tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_service.config import Settings
+from rag_service.encoder import Encoder
+from rag_service.index import HnswIndex, IndexSpec
+from rag_service.prompt import PromptBuilder
+from rag_service.retriever import Retriever
+from rag_service.store import PassageStore
+from rag_service.types import Hit, Passage
+
+
+@pytest.fixture(scope="module")
+def retriever(settings: Settings, encoder: Encoder, prompts: PromptBuilder, default_index_dir: Path) -> Retriever:
+    spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
+    index = HnswIndex.load(default_index_dir, spec, settings.index)
+    return Retriever(index, PassageStore.load(default_index_dir), prompts)
+
+
+def _hits(retriever: Retriever, encoder: Encoder, question: str, k: int) -> list[Hit]:
+    return retriever.search(encoder.encode_queries([question])[0], k)
+
+
+def test_search_returns_ranked_hits(retriever: Retriever, encoder: Encoder) -> None:
+    hits = _hits(retriever, encoder, "What does the pass statement do?", 10)
+    assert len(hits) == 10
+    assert hits[0].passage.doc_id == "pyref:pass"
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("budget", [0, 30, 100, 250, 400, 700, 1024, 3000])
+def test_budget_is_never_exceeded_and_report_is_right(
+    retriever: Retriever, encoder: Encoder, prompts: PromptBuilder, budget: int
+) -> None:
+    hits = _hits(retriever, encoder, "How are exceptions raised and handled?", 20)
+    ctx = retriever.pack(hits, budget)
+    text = prompts.context_text(ctx.hits)
+    assert ctx.tokens == prompts.count(text)
+    assert ctx.tokens <= budget
+    assert ctx.budget == budget
+    # Nothing lost or invented: packed + dropped are exactly the hits, and packed keeps rank order.
+    assert sorted(h.passage.id for h in ctx.hits + ctx.dropped) == sorted(h.passage.id for h in hits)
+    ranks = [hits.index(h) for h in ctx.hits]
+    assert ranks == sorted(ranks)
+    # Passages go in whole, never cut.
+    for hit in ctx.hits:
+        assert hit.passage.text in text
+
+
+def test_big_passage_is_skipped_whole_and_a_smaller_later_one_still_fits(
+    retriever: Retriever, prompts: PromptBuilder
+) -> None:
+    small = Passage("d#0", "d", "Small", "The pass statement does nothing.")
+    big = Passage("d#1", "d", "Big", "word " * 400)
+    small2 = Passage("d#2", "d", "Small too", "The break statement ends a loop.")
+    hits = [Hit(small, 0.9), Hit(big, 0.8), Hit(small2, 0.7)]
+    budget = prompts.count(prompts.context_text([hits[0], hits[2]])) + 2
+    ctx = retriever.pack(hits, budget)
+    assert [h.passage.id for h in ctx.hits] == ["d#0", "d#2"]
+    assert [h.passage.id for h in ctx.dropped] == ["d#1"]
+    assert ctx.tokens <= budget
+
+
+def test_empty_hits(retriever: Retriever) -> None:
+    ctx = retriever.pack([], 100)
+    assert ctx.hits == [] and ctx.tokens == 0 and ctx.dropped == []
+
+
+def test_index_and_store_must_agree(retriever: Retriever, prompts: PromptBuilder) -> None:
+    with pytest.raises(ValueError):
+        Retriever(retriever.index, PassageStore([]), prompts)
+
+
+def test_prompt_fits_the_model_context(settings: Settings, retriever: Retriever, encoder: Encoder) -> None:
+    """The request's budget leaves room for the question and the longest allowed answer."""
+    from rag_service.pipeline import Pipeline
+
+    pipeline = Pipeline(encoder, retriever, generator=None, settings=settings)  # type: ignore[arg-type]
+    question = "Explain " + "very " * 300 + "carefully how the with statement works."
+    max_tokens = settings.generator.max_tokens_limit
+    req = pipeline.new_request(question, top_k=50, max_tokens=max_tokens, temperature=0.0)
+    ctx = retriever.pack(_hits(retriever, encoder, question, 50), req.context_budget)
+    prompt = retriever.prompts.build(question, retriever.prompts.context_text(ctx.hits))
+    assert len(prompt) + max_tokens <= settings.generator.max_model_len
+    assert np.isfinite(ctx.tokens)
