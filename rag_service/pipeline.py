@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 
@@ -77,7 +77,9 @@ class SearchResult:
 
 
 class Pipeline:
-    def __init__(self, encoder: Encoder, retriever: Retriever, generator: Generator, settings: Settings) -> None:
+    def __init__(
+        self, encoder: Encoder, retriever: Retriever, generator: Generator, settings: Settings
+    ) -> None:
         self.encoder = encoder
         self.retriever = retriever
         self.prompts = retriever.prompts
@@ -111,7 +113,7 @@ class Pipeline:
         budget = min(self.settings.retriever.context_tokens, room)
         return AskRequest(question, top_k, max_tokens, temperature, context_budget=budget)
 
-    async def ask_stream(self, req: AskRequest) -> AsyncIterator[str | Answer]:
+    async def ask_stream(self, req: AskRequest) -> AsyncGenerator[str | Answer, None]:
         """Yields answer text deltas (str), then exactly one ``Answer``."""
         timer = StageTimer()
         with timer.stage("embed"):

@@ -52,7 +52,9 @@ class Service:
         started = time.perf_counter()
         try:
             # The engine start is the long pole (tens of seconds): load everything else beside it.
-            generator_task = asyncio.create_task(asyncio.to_thread(VllmGenerator.start, self.settings.generator))
+            generator_task = asyncio.create_task(
+                asyncio.to_thread(VllmGenerator.start, self.settings.generator)
+            )
             try:
                 retriever, encoder = await asyncio.to_thread(self._load_retrieval)
             finally:

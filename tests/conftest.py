@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag_service.config import Settings
+from rag_service.config import GeneratorSettings, IndexSettings, Settings
 from rag_service.index import MANIFEST_FILE
 from rag_service.model_prep import is_prepared
 
@@ -25,14 +25,11 @@ GENERATOR_DIR = REPO / "models" / "smollm2-135m-instruct"
 SERVER_START_TIMEOUT_S = 420
 
 
-def repo_settings(**overrides: object) -> Settings:
+def repo_settings() -> Settings:
     """Default settings with paths anchored at the repository, whatever the working directory."""
-    base: dict[str, object] = {
-        "generator": {"model": str(GENERATOR_DIR)},
-        "index": {"dir": REPO / "indexes"},
-    }
-    base.update(overrides)
-    return Settings(**base)  # type: ignore[arg-type]
+    return Settings(
+        generator=GeneratorSettings(model=str(GENERATOR_DIR)), index=IndexSettings(dir=REPO / "indexes")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -43,14 +40,14 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def encoder(settings: Settings):  # type: ignore[no-untyped-def]
+def encoder(settings: Settings):
     from rag_service.encoder import Encoder
 
     return Encoder(settings.encoder)
 
 
 @pytest.fixture(scope="session")
-def prompts(settings: Settings):  # type: ignore[no-untyped-def]
+def prompts(settings: Settings):
     from rag_service.prompt import PromptBuilder
 
     return PromptBuilder.from_model(settings.generator.model, settings.generator.system_prompt)
@@ -88,7 +85,9 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
-def live_server(settings: Settings, default_index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live_server(
+    settings: Settings, default_index_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     """``rag-service serve`` in a subprocess on a free port: the real thing, vLLM included."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
@@ -101,7 +100,11 @@ def live_server(settings: Settings, default_index_dir: Path, tmp_path_factory: p
     }
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rag_service.cli", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "rag_service.cli", "serve"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     saw_not_ready = False
@@ -111,7 +114,9 @@ def live_server(settings: Settings, default_index_dir: Path, tmp_path_factory: p
             if proc.poll() is not None:
                 pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
             if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+                pytest.fail(
+                    f"server not ready after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}"
+                )
             try:
                 r = httpx.get(f"{url}/readyz", timeout=2)
                 if r.status_code == 200:

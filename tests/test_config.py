@@ -23,8 +23,8 @@ def test_env_example_is_generated_from_settings() -> None:
 
 def test_env_example_parses_back_to_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     _clean_env(monkeypatch)
-    from_file = Settings(_env_file=REPO / ".env.example")  # type: ignore[call-arg]
-    assert from_file == Settings(_env_file=None)  # type: ignore[call-arg]
+    from_file = Settings(_env_file=REPO / ".env.example")
+    assert from_file == Settings(_env_file=None)
 
 
 def test_every_field_is_described() -> None:
@@ -38,7 +38,7 @@ def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAG_INDEX__EF_SEARCH", "96")
     monkeypatch.setenv("RAG_SERVER__PORT", "9001")
     monkeypatch.setenv("RAG_GENERATOR__STOP", '["END"]')
-    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    s = Settings(_env_file=None)
     assert s.index.ef_search == 96
     assert s.server.port == 9001
     assert s.generator.stop == ["END"]
@@ -46,11 +46,11 @@ def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_context_budget_must_fit_the_model() -> None:
     with pytest.raises(ValidationError, match="max_model_len"):
-        Settings(_env_file=None, retriever={"context_tokens": 1800}, generator={"max_tokens_limit": 512})  # type: ignore[call-arg]
+        Settings(_env_file=None, retriever={"context_tokens": 1800}, generator={"max_tokens_limit": 512})
 
 
 def test_invalid_values_are_refused() -> None:
     with pytest.raises(ValidationError):
-        Settings(_env_file=None, server={"port": 0})  # type: ignore[call-arg]
+        Settings(_env_file=None, server={"port": 0})
     with pytest.raises(ValidationError):
-        Settings(_env_file=None, chunking={"chunk_tokens": 64, "overlap_tokens": 64})  # type: ignore[call-arg]
+        Settings(_env_file=None, chunking={"chunk_tokens": 64, "overlap_tokens": 64})

@@ -26,8 +26,11 @@ def test_identical_text_gives_identical_vector(encoder: Encoder) -> None:
 
 def test_related_text_is_closer_than_unrelated(encoder: Encoder) -> None:
     q, related, unrelated = encoder.encode_passages(
-        ["How do I leave a loop early?", "The break statement terminates the nearest enclosing loop.",
-         "Bananas are rich in potassium."]
+        [
+            "How do I leave a loop early?",
+            "The break statement terminates the nearest enclosing loop.",
+            "Bananas are rich in potassium.",
+        ]
     )
     assert float(q @ related) > float(q @ unrelated) + 0.1
 

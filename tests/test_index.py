@@ -28,7 +28,9 @@ def scifact_vectors(encoder: Encoder) -> tuple[np.ndarray, np.ndarray]:
     docs = list(read_jsonl(folder / "corpus.jsonl"))
     ordered = sorted(docs, key=lambda d: (d.id not in relevant, hashlib.sha256(d.id.encode()).hexdigest()))
     sample = ordered[:SAMPLE_SIZE]
-    queries = [json.loads(line)["text"] for line in (folder / "queries.jsonl").read_text().splitlines() if line]
+    queries = [
+        json.loads(line)["text"] for line in (folder / "queries.jsonl").read_text().splitlines() if line
+    ]
     doc_vectors = encoder.encode_passages([f"{d.title}\n{d.text}" for d in sample])
     return doc_vectors, encoder.encode_queries(queries)
 
@@ -45,7 +47,9 @@ def _spec(encoder: Encoder) -> IndexSpec:
     return IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
 
 
-def test_hnsw_recall_at_10_against_exact(scifact_vectors: tuple[np.ndarray, np.ndarray], encoder: Encoder) -> None:
+def test_hnsw_recall_at_10_against_exact(
+    scifact_vectors: tuple[np.ndarray, np.ndarray], encoder: Encoder
+) -> None:
     doc_vectors, query_vectors = scifact_vectors
     assert len(doc_vectors) >= 1000 and len(query_vectors) >= 200
     index = HnswIndex(_spec(encoder), IndexSettings())  # the service's default M / efConstruction / efSearch
@@ -85,7 +89,9 @@ def test_index_from_another_encoder_is_refused(encoder: Encoder, tmp_path: Path)
         HnswIndex.load(tmp_path, other, IndexSettings())
     assert "all-mpnet-base-v2" in err.value.message and encoder.model_id in err.value.message
     with pytest.raises(IndexUnavailable):
-        HnswIndex.load(tmp_path, IndexSpec(encoder=encoder.model_id, dimension=384, normalized=False), IndexSettings())
+        HnswIndex.load(
+            tmp_path, IndexSpec(encoder=encoder.model_id, dimension=384, normalized=False), IndexSettings()
+        )
 
 
 def test_missing_index_is_a_clear_error(encoder: Encoder, tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ from rag_service.types import Hit, Passage
 
 
 @pytest.fixture(scope="module")
-def retriever(settings: Settings, encoder: Encoder, prompts: PromptBuilder, default_index_dir: Path) -> Retriever:
+def retriever(
+    settings: Settings, encoder: Encoder, prompts: PromptBuilder, default_index_dir: Path
+) -> Retriever:
     spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
     index = HnswIndex.load(default_index_dir, spec, settings.index)
     return Retriever(index, PassageStore.load(default_index_dir), prompts)

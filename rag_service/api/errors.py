@@ -63,7 +63,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> OrjsonResponse:
-        default = ("invalid_request_error", "invalid_request") if exc.status_code < 500 else ("internal_error",) * 2
+        default = (
+            ("invalid_request_error", "invalid_request") if exc.status_code < 500 else ("internal_error",) * 2
+        )
         type_, code = _HTTP_ERRORS.get(exc.status_code, default)
         return OrjsonResponse(
             error_body(str(exc.detail), type_, code),
@@ -74,4 +76,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> OrjsonResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return OrjsonResponse(error_body("internal server error", "internal_error", "internal_error"), status_code=500)
+        return OrjsonResponse(
+            error_body("internal server error", "internal_error", "internal_error"), status_code=500
+        )

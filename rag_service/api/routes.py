@@ -61,7 +61,11 @@ def answer_body(answer: Answer) -> dict[str, Any]:
             "completion_tokens": answer.usage.completion_tokens,
             "context_tokens": answer.usage.context_tokens,
         },
-        "context": {"budget": ctx.budget, "tokens": ctx.tokens, "dropped": [h.passage.id for h in ctx.dropped]},
+        "context": {
+            "budget": ctx.budget,
+            "tokens": ctx.tokens,
+            "dropped": [h.passage.id for h in ctx.dropped],
+        },
     }
 
 
@@ -142,5 +146,7 @@ async def _sse(pipeline: Pipeline, req: AskRequest) -> AsyncIterator[bytes]:
             yield _event({"type": "error", **error_body(exc.message, exc.type, exc.code, exc.param)})
         except Exception:
             log.exception("stream %s failed", req.request_id)
-            yield _event({"type": "error", **error_body("internal server error", "internal_error", "internal_error")})
+            yield _event(
+                {"type": "error", **error_body("internal server error", "internal_error", "internal_error")}
+            )
     yield b"data: [DONE]\n\n"
