@@ -53,6 +53,7 @@ class AskRequest:
     """A validated question; build it with ``Pipeline.new_request`` so the context budget is known."""
 
     question: str
+    question_ids: list[int]
     top_k: int
     max_tokens: int
     temperature: float
@@ -101,7 +102,8 @@ class Pipeline:
     def new_request(self, question: str, *, top_k: int, max_tokens: int, temperature: float) -> AskRequest:
         """Checks the question fits the model and fixes the passages' token budget: the configured
         one, capped by what the context holds after the prompt's own tokens and the answer."""
-        overhead = len(self.prompts.build(question, ""))
+        question_ids = self.prompts.encode(question)
+        overhead = self.prompts.question_overhead(question_ids)
         room = self.settings.generator.max_model_len - max_tokens - overhead
         if room <= 0:
             raise InvalidRequest(
@@ -111,7 +113,7 @@ class Pipeline:
                 param="question",
             )
         budget = min(self.settings.retriever.context_tokens, room)
-        return AskRequest(question, top_k, max_tokens, temperature, context_budget=budget)
+        return AskRequest(question, question_ids, top_k, max_tokens, temperature, context_budget=budget)
 
     async def ask_stream(self, req: AskRequest) -> AsyncGenerator[str | Answer, None]:
         """Yields answer text deltas (str), then exactly one ``Answer``."""
@@ -121,7 +123,7 @@ class Pipeline:
         with timer.stage("retrieve"):
             hits = self.retriever.search(vector, req.top_k)
             context = self.retriever.pack(hits, req.context_budget)
-            prompt_ids = self.prompts.build(req.question, self.prompts.context_text(context.hits))
+            prompt_ids = self.prompts.build(req.question_ids, context.hits)
 
         usage = Usage(prompt_tokens=len(prompt_ids), context_tokens=context.tokens)
         parts: list[str] = []

@@ -1,8 +1,8 @@
 """Query vector -> scored passages -> the best of them packed under a context-token budget.
 
 Packing is best-first; a passage that does not fit is skipped whole (never cut mid-way) and later,
-shorter ones may still fit. The budget is in the generator's tokens, counted on the exact context
-text that goes into the prompt.
+shorter ones may still fit. The budget is in the generator's tokens; the prompt is assembled from the
+same token ids that were counted, so the count is exact.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from rag_service.index import HnswIndex
-from rag_service.prompt import SEPARATOR, PromptBuilder
+from rag_service.prompt import PromptBuilder
 from rag_service.store import PassageStore
 from rag_service.types import Context, Hit
 
@@ -22,7 +22,6 @@ class Retriever:
         self.index = index
         self.store = store
         self.prompts = prompts
-        self._separator_tokens = prompts.count(SEPARATOR)
 
     def search(self, vector: np.ndarray, top_k: int) -> list[Hit]:
         scores, ids = self.index.search(vector.reshape(1, -1), top_k)
@@ -35,16 +34,12 @@ class Retriever:
         dropped: list[Hit] = []
         used = 0
         for hit in hits:
-            block = self.prompts.count(self.prompts.passage_block(len(packed) + 1, hit.passage))
-            cost = block + (self._separator_tokens if packed else 0)
+            cost = self.prompts.passage_tokens(len(packed) + 1, hit.passage)
+            if packed:
+                cost += self.prompts.separator_tokens
             if used + cost <= budget:
                 packed.append(hit)
                 used += cost
             else:
                 dropped.append(hit)
-        # Token counts of pieces need not add up exactly at their joins: check the real text.
-        tokens = self.prompts.count(self.prompts.context_text(packed))
-        while packed and tokens > budget:
-            dropped.insert(0, packed.pop())
-            tokens = self.prompts.count(self.prompts.context_text(packed))
-        return Context(hits=packed, tokens=tokens, budget=budget, dropped=dropped)
+        return Context(hits=packed, tokens=used, budget=budget, dropped=dropped)

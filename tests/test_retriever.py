@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from rag_service.config import Settings
@@ -44,8 +43,10 @@ def test_budget_is_never_exceeded_and_report_is_right(
     hits = _hits(retriever, encoder, "How are exceptions raised and handled?", 20)
     ctx = retriever.pack(hits, budget)
     text = prompts.context_text(ctx.hits)
-    assert ctx.tokens == prompts.count(text)
+    assert ctx.tokens == len(prompts.context_ids(ctx.hits))
     assert ctx.tokens <= budget
+    # Counting the text from scratch agrees to within a token per join (BPE merges across pieces).
+    assert abs(prompts.count(text) - ctx.tokens) <= len(ctx.hits)
     assert ctx.budget == budget
     # Nothing lost or invented: packed + dropped are exactly the hits, and packed keeps rank order.
     assert sorted(h.passage.id for h in ctx.hits + ctx.dropped) == sorted(h.passage.id for h in hits)
@@ -63,7 +64,7 @@ def test_big_passage_is_skipped_whole_and_a_smaller_later_one_still_fits(
     big = Passage("d#1", "d", "Big", "word " * 400)
     small2 = Passage("d#2", "d", "Small too", "The break statement ends a loop.")
     hits = [Hit(small, 0.9), Hit(big, 0.8), Hit(small2, 0.7)]
-    budget = prompts.count(prompts.context_text([hits[0], hits[2]])) + 2
+    budget = len(prompts.context_ids([hits[0], hits[2]])) + 2
     ctx = retriever.pack(hits, budget)
     assert [h.passage.id for h in ctx.hits] == ["d#0", "d#2"]
     assert [h.passage.id for h in ctx.dropped] == ["d#1"]
@@ -89,6 +90,29 @@ def test_prompt_fits_the_model_context(settings: Settings, retriever: Retriever,
     max_tokens = settings.generator.max_tokens_limit
     req = pipeline.new_request(question, top_k=50, max_tokens=max_tokens, temperature=0.0)
     ctx = retriever.pack(_hits(retriever, encoder, question, 50), req.context_budget)
-    prompt = retriever.prompts.build(question, retriever.prompts.context_text(ctx.hits))
+    prompt = retriever.prompts.build(req.question_ids, ctx.hits)
+    assert ctx.tokens > 0
     assert len(prompt) + max_tokens <= settings.generator.max_model_len
-    assert np.isfinite(ctx.tokens)
+
+
+def test_question_too_long_for_the_model_is_refused(
+    settings: Settings, retriever: Retriever, encoder: Encoder
+) -> None:
+    from rag_service.errors import InvalidRequest
+    from rag_service.pipeline import Pipeline
+
+    pipeline = Pipeline(encoder, retriever, generator=None, settings=settings)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest) as err:
+        pipeline.new_request("why " * 3000, top_k=4, max_tokens=128, temperature=0.0)
+    assert err.value.code == "context_length_exceeded"
+
+
+def test_assembled_prompt_is_the_chat_template_text(
+    retriever: Retriever, encoder: Encoder, prompts: PromptBuilder
+) -> None:
+    """The ids sent to the engine spell exactly what the model's chat template renders."""
+    question = "What does the pass statement do? Ünïcödé ✓"
+    hits = _hits(retriever, encoder, question, 3)
+    ids = prompts.build(prompts.encode(question), hits)
+    assert prompts.decode(ids) == prompts.render(question, prompts.context_text(hits))
+    assert prompts.decode(prompts.build(prompts.encode(question), [])) == prompts.render(question, "")
