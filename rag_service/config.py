@@ -64,8 +64,8 @@ class GeneratorSettings(BaseModel):
     stop: list[str] = Field(
         default_factory=lambda: ["\n\n"],
         description=(
-            "Strings that end an answer (JSON list). A blank line by default: the small default model "
-            "answers well in its first paragraph and then tends to repeat itself."
+            "Strings that end an answer when a request does not say (JSON list). A blank line by default: "
+            "the small default model answers well in its first paragraph and then tends to repeat itself."
         ),
     )
     temperature: float = Field(

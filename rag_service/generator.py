@@ -22,7 +22,13 @@ log = logging.getLogger(__name__)
 
 class Generator(Protocol):
     def stream(
-        self, prompt_ids: list[int], *, max_tokens: int, temperature: float, request_id: str
+        self,
+        prompt_ids: list[int],
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: list[str],
+        request_id: str,
     ) -> AsyncGenerator[GenerationChunk, None]: ...
 
     def shutdown(self) -> None: ...
@@ -38,9 +44,8 @@ def configure_vllm_environment(settings: GeneratorSettings) -> None:
 
 
 class VllmGenerator:
-    def __init__(self, engine: Any, stop: list[str]) -> None:
+    def __init__(self, engine: Any) -> None:
         self._engine = engine
-        self._stop = stop
 
     @classmethod
     def start(cls, settings: GeneratorSettings) -> VllmGenerator:
@@ -58,10 +63,16 @@ class VllmGenerator:
         )
         engine = AsyncLLM.from_engine_args(args)
         log.info("vLLM engine started for %s", settings.model)
-        return cls(engine, settings.stop)
+        return cls(engine)
 
     async def stream(
-        self, prompt_ids: list[int], *, max_tokens: int, temperature: float, request_id: str
+        self,
+        prompt_ids: list[int],
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: list[str],
+        request_id: str,
     ) -> AsyncGenerator[GenerationChunk, None]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -70,7 +81,7 @@ class VllmGenerator:
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=temperature,
-            stop=self._stop,
+            stop=stop,
             output_kind=RequestOutputKind.DELTA,
         )
         completion_tokens = 0

@@ -57,6 +57,7 @@ class AskRequest:
     top_k: int
     max_tokens: int
     temperature: float
+    stop: list[str]
     context_budget: int
     request_id: str = field(default_factory=lambda: f"rag-{uuid.uuid4().hex}")
 
@@ -99,7 +100,9 @@ class Pipeline:
             hits = self.retriever.search(vector, top_k)
         return SearchResult(hits, timer.finish())
 
-    def new_request(self, question: str, *, top_k: int, max_tokens: int, temperature: float) -> AskRequest:
+    def new_request(
+        self, question: str, *, top_k: int, max_tokens: int, temperature: float, stop: list[str]
+    ) -> AskRequest:
         """Checks the question fits the model and fixes the passages' token budget: the configured
         one, capped by what the context holds after the prompt's own tokens and the answer."""
         question_ids = self.prompts.encode(question)
@@ -113,7 +116,7 @@ class Pipeline:
                 param="question",
             )
         budget = min(self.settings.retriever.context_tokens, room)
-        return AskRequest(question, question_ids, top_k, max_tokens, temperature, context_budget=budget)
+        return AskRequest(question, question_ids, top_k, max_tokens, temperature, stop, context_budget=budget)
 
     async def ask_stream(self, req: AskRequest) -> AsyncGenerator[str | Answer, None]:
         """Yields answer text deltas (str), then exactly one ``Answer``."""
@@ -130,7 +133,11 @@ class Pipeline:
         finish_reason: str | None = None
         with timer.stage("generate"):
             chunks = self.generator.stream(
-                prompt_ids, max_tokens=req.max_tokens, temperature=req.temperature, request_id=req.request_id
+                prompt_ids,
+                max_tokens=req.max_tokens,
+                temperature=req.temperature,
+                stop=req.stop,
+                request_id=req.request_id,
             )
             # aclosing: if our caller stops early, the engine request is aborted now, not at GC.
             async with aclosing(chunks):

@@ -84,7 +84,11 @@ class Service:
     async def _warm_up(self, pipeline: Pipeline) -> None:
         started = time.perf_counter()
         request = pipeline.new_request(
-            WARM_UP_QUESTION, top_k=self.settings.retriever.top_k, max_tokens=4, temperature=0.0
+            WARM_UP_QUESTION,
+            top_k=self.settings.retriever.top_k,
+            max_tokens=4,
+            temperature=0.0,
+            stop=self.settings.generator.stop,
         )
         answer = await pipeline.ask(request)
         log.info(

@@ -121,7 +121,7 @@ def test_ask_respects_max_tokens(client: httpx.Client) -> None:
 
 
 def test_client_disconnect_aborts_generation(client: httpx.Client, live_server: LiveServer) -> None:
-    body = {"question": "Describe the global statement in detail.", "stream": True, "max_tokens": 500}
+    body = {"question": "What does the global statement do?", "stream": True, "max_tokens": 500, "stop": []}
     with client.stream("POST", "/v1/ask", json=body) as r:
         request_id = r.headers["x-request-id"]
         for line in r.iter_lines():
@@ -133,6 +133,22 @@ def test_client_disconnect_aborts_generation(client: httpx.Client, live_server: 
             return
         time.sleep(0.2)
     pytest.fail(f"generation {request_id} was not aborted after the client disconnected")
+
+
+def test_client_disconnect_aborts_a_non_streamed_answer(
+    client: httpx.Client, live_server: LiveServer
+) -> None:
+    aborted_before = live_server.log_text().count("aborted generation")
+    # No stop strings and 500 tokens: the answer takes far longer than the client waits.
+    body = {"question": "What does the global statement do?", "max_tokens": 500, "stop": []}
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/v1/ask", json=body, timeout=httpx.Timeout(120, read=2.5))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if live_server.log_text().count("aborted generation") > aborted_before:
+            return
+        time.sleep(0.2)
+    pytest.fail("the non-streamed generation was not aborted after the client went away")
 
 
 # --- client mistakes: always a 4xx in the error shape -------------------------------------------
@@ -157,6 +173,9 @@ def test_client_disconnect_aborts_generation(client: httpx.Client, live_server: 
         {"question": "ok", "temperature": "hot"},
         {"question": "ok", "stream": "yes"},
         {"question": "ok", "unknown_field": 1},
+        {"question": "ok", "stop": "END"},
+        {"question": "ok", "stop": [""]},
+        {"question": "ok", "stop": ["a", "b", "c", "d", "e"]},
         {"question": "x" * 5000},
     ],
 )

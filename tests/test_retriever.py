@@ -88,7 +88,7 @@ def test_prompt_fits_the_model_context(settings: Settings, retriever: Retriever,
     pipeline = Pipeline(encoder, retriever, generator=None, settings=settings)  # type: ignore[arg-type]
     question = "Explain " + "very " * 300 + "carefully how the with statement works."
     max_tokens = settings.generator.max_tokens_limit
-    req = pipeline.new_request(question, top_k=50, max_tokens=max_tokens, temperature=0.0)
+    req = pipeline.new_request(question, top_k=50, max_tokens=max_tokens, temperature=0.0, stop=[])
     ctx = retriever.pack(_hits(retriever, encoder, question, 50), req.context_budget)
     prompt = retriever.prompts.build(req.question_ids, ctx.hits)
     assert ctx.tokens > 0
@@ -103,7 +103,7 @@ def test_question_too_long_for_the_model_is_refused(
 
     pipeline = Pipeline(encoder, retriever, generator=None, settings=settings)  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest) as err:
-        pipeline.new_request("why " * 3000, top_k=4, max_tokens=128, temperature=0.0)
+        pipeline.new_request("why " * 3000, top_k=4, max_tokens=128, temperature=0.0, stop=[])
     assert err.value.code == "context_length_exceeded"
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -21,6 +22,7 @@ from rag_service.types import Hit
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+T = TypeVar("T")
 
 
 def _service(request: Request) -> Service:
@@ -112,18 +114,39 @@ async def ask(body: AskBody, request: Request) -> Response:
     _check_limit("max_tokens", max_tokens, settings.generator.max_tokens_limit)
     _check_text("question", body.question, service)
     temperature = settings.generator.temperature if body.temperature is None else body.temperature
-    req = pipeline.new_request(body.question, top_k=top_k, max_tokens=max_tokens, temperature=temperature)
+    stop = settings.generator.stop if body.stop is None else body.stop
+    req = pipeline.new_request(
+        body.question, top_k=top_k, max_tokens=max_tokens, temperature=temperature, stop=stop
+    )
     if body.stream:
         return StreamingResponse(
             _sse(pipeline, req),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": req.request_id},
         )
-    answer = await pipeline.ask(req)
+    answer = await _cancel_on_disconnect(request, pipeline.ask(req))
     return OrjsonResponse(
         answer_body(answer),
         headers={"Server-Timing": server_timing(answer.timings_ms), "X-Request-Id": answer.request_id},
     )
+
+
+async def _cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``, cancelling it if the client hangs up first: for a non-streamed answer nobody
+    would read, the cancellation reaches the generator, which aborts the request in vLLM."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        # The body has been read, so the next message is the disconnect (or never comes).
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    finally:
+        watcher.cancel()
 
 
 def _event(payload: dict[str, Any]) -> bytes:

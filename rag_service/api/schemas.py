@@ -24,9 +24,21 @@ class AskBody(_Strict):
     top_k: int | None = Field(None, ge=1, description="Passages to retrieve (server default if absent).")
     max_tokens: int | None = Field(None, ge=1, description="Most new tokens in the answer.")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature.")
+    stop: list[str] | None = Field(
+        None,
+        max_length=4,
+        description="Strings that end the answer (at most 4); the server's default when absent, [] for none.",
+    )
     stream: bool = Field(False, description="Answer as Server-Sent Events.")
 
     _check_question = field_validator("question")(_not_blank)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not s or len(s) > 64 for s in value):
+            raise ValueError("stop strings must be 1 to 64 characters long")
+        return value
 
     @field_validator("temperature", mode="before")
     @classmethod
