@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rag_service.config import Settings, get_settings
+from rag_service.config import DEFAULT_GENERATOR, Settings, get_settings
 
 log = logging.getLogger("rag_service")
 
@@ -32,11 +32,11 @@ def cmd_prepare_models(settings: Settings, args: argparse.Namespace) -> int:
     from rag_service.encoder import Encoder
     from rag_service.model_prep import prepare_generator
 
-    target = Path(settings.generator.model)
-    if target.is_absolute() or settings.generator.model.startswith((".", "models/")) or target.exists():
-        prepare_generator(target, force=args.force)
+    model = settings.generator.model
+    if Path(model).resolve() == Path(DEFAULT_GENERATOR).resolve():
+        prepare_generator(Path(model), force=args.force)
     else:
-        print(f"generator {settings.generator.model!r} is not a local folder: nothing to prepare", flush=True)
+        print(f"generator {model!r} is not the built-in SmolLM2 folder: nothing to prepare", flush=True)
     encoder = Encoder(settings.encoder)  # loads (and so checks) the encoder weights
     print(f"encoder ready: {encoder.model_id} ({encoder.dimension} dimensions)", flush=True)
     return 0

