@@ -37,7 +37,7 @@ test: index
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy rag_service
+	$(BIN)/mypy rag_service tests benchmarks
 
 format: install
 	$(BIN)/ruff format .
