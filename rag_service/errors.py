@@ -34,6 +34,14 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
 
 
+class Unauthorized(RagError):
+    """Missing or wrong API key (only when ``RAG_API_KEY`` is set)."""
+
+    status = 401
+    type = "authentication_error"
+    code = "unauthorized"
+
+
 class NotReady(RagError):
     """The service is still starting (models loading, warm-up) or failed to start."""
 

@@ -29,8 +29,22 @@ def test_env_example_parses_back_to_the_defaults(monkeypatch: pytest.MonkeyPatch
 
 def test_every_field_is_described() -> None:
     for section, field in Settings.model_fields.items():
-        for name, sub in field.annotation.model_fields.items():  # type: ignore[union-attr]
+        if not isinstance(field.annotation, type):  # a top-level value such as api_key
+            assert field.description, f"{section} has no description"
+            continue
+        for name, sub in field.annotation.model_fields.items():
             assert sub.description, f"{section}.{name} has no description"
+
+
+def test_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean_env(monkeypatch)
+    assert Settings(_env_file=None).api_key is None
+    monkeypatch.setenv("RAG_API_KEY", "")
+    assert Settings(_env_file=None).api_key is None, "an empty RAG_API_KEY means no key"
+    monkeypatch.setenv("RAG_API_KEY", "s3cret")
+    key = Settings(_env_file=None).api_key
+    assert key is not None and key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(Settings(_env_file=None)), "the key must not show up in logs"
 
 
 def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from rag_service.api.responses import OrjsonResponse
-from rag_service.errors import NotReady, RagError
+from rag_service.errors import NotReady, RagError, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,11 @@ def error_body(message: str, type_: str, code: str, param: str | None = None) ->
 
 
 def rag_error_response(exc: RagError) -> OrjsonResponse:
-    headers = {"Retry-After": RETRY_AFTER_NOT_READY_S} if isinstance(exc, NotReady) else None
+    headers: dict[str, str] | None = None
+    if isinstance(exc, NotReady):
+        headers = {"Retry-After": RETRY_AFTER_NOT_READY_S}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
     return OrjsonResponse(
         error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status, headers=headers
     )
