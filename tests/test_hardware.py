@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rag_service.config import EncoderSettings
+from rag_service.encoder import Encoder
 from rag_service.hardware import cuda_devices, encoder_dtype, faiss_gpus, torch_device
 
 HAS_CUDA = cuda_devices() > 0
@@ -53,14 +54,13 @@ def test_probes_agree_with_this_machine() -> None:
     assert faiss_gpus() >= 0
 
 
-def test_auto_encoder_runs_where_the_probe_says(encoder) -> None:  # type: ignore[no-untyped-def]
+def test_auto_encoder_runs_where_the_probe_says(encoder: Encoder) -> None:
     assert encoder.device == ("cuda" if HAS_CUDA else "cpu")
     assert encoder.dtype == ("float16" if HAS_CUDA else "float32")
 
 
-def test_half_precision_encoder_stays_close_and_normalized(encoder) -> None:  # type: ignore[no-untyped-def]
+def test_half_precision_encoder_stays_close_and_normalized(encoder: Encoder) -> None:
     """bfloat16 on the CPU (the same code path as float16 on a GPU): unit vectors, cosine >= 0.99."""
-    from rag_service.encoder import Encoder
 
     half = Encoder(EncoderSettings(device="cpu", dtype="bfloat16"))
     texts = ["The pass statement does nothing.", "Lambda expressions create anonymous functions."]
@@ -70,8 +70,7 @@ def test_half_precision_encoder_stays_close_and_normalized(encoder) -> None:  # 
 
 
 @gpu
-def test_encoder_on_cuda_in_float16_matches_the_cpu(encoder) -> None:  # type: ignore[no-untyped-def]
-    from rag_service.encoder import Encoder
+def test_encoder_on_cuda_in_float16_matches_the_cpu(encoder: Encoder) -> None:
 
     cuda = Encoder(EncoderSettings(device="cuda"))
     assert cuda.dtype == "float16"
