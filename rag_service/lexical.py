@@ -21,7 +21,8 @@ MAX_TERMS = 64  # a longer query adds little recall and costs a posting-list sca
 
 # unicode61's token characters: letters and digits of any script (not "_", which it splits on).
 _WORD = re.compile(r"[^\W_]+")
-_STOPWORDS_TEXT = """a about above after again against all am an and any are as at be because been before being below
+_STOPWORDS_TEXT = """a about above after again against all am an and any are as at be because been
+    before being below
     between both but by can could did do does doing down during each few for from further had has have
     having he her here hers herself him himself his how i if in into is it its itself just me more most my
     myself no nor not now of off on once only or other our ours ourselves out over own same she should so
