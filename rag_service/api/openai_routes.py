@@ -101,10 +101,22 @@ async def retrieve_model(model_id: str, request: Request) -> OrjsonResponse:
 # --- embeddings -----------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=2)
+def _token_counter(encoder: Encoder) -> Any:
+    """A private copy of the encoder's tokenizer, without truncation, for counting. Calling the shared
+    one without truncation would switch its truncation off while another thread encodes with it."""
+    from tokenizers import Tokenizer
+
+    counter = Tokenizer.from_str(encoder.tokenizer.backend_tokenizer.to_str())
+    counter.no_truncation()
+    counter.no_padding()
+    return counter
+
+
 def _embed(encoder: Encoder, texts: list[str]) -> tuple[Any, list[int]]:
     """Vectors and each input's token count; an input longer than the encoder reads is refused
     (it would be cut silently otherwise)."""
-    counts = [len(ids) for ids in encoder.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    counts = [len(e.ids) for e in _token_counter(encoder).encode_batch(texts, add_special_tokens=True)]
     limit = encoder.max_seq_length
     for i, count in enumerate(counts):
         if limit and count > limit:
