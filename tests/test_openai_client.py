@@ -93,7 +93,7 @@ def test_chat_stream_with_usage(client: OpenAI) -> None:
     assert _grounded(text), text
     # include_usage: a last chunk with no choices and the usage; null usage on every other chunk.
     assert last.choices == [] and last.usage is not None
-    # Each content chunk carries at least one new token (a token may add no text yet, e.g. a stop string's start).
+    # Each content chunk carries at least one new token (a token may add no text yet).
     assert last.usage.completion_tokens >= len([c for c in with_choices if c.choices[0].delta.content])
     assert all(c.usage is None for c in with_choices)
     extra = final.model_extra or {}
