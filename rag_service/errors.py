@@ -62,3 +62,10 @@ class GenerationFailed(RagError):
     status = 502
     type = "generation_error"
     code = "generation_failed"
+
+
+class ModelNotFound(InvalidRequest):
+    """A ``model`` the OpenAI-compatible API does not serve (see ``GET /v1/models``)."""
+
+    status = 404
+    code = "model_not_found"

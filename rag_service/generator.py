@@ -16,7 +16,7 @@ import anyio
 
 from rag_service.config import GeneratorSettings
 from rag_service.errors import GenerationFailed
-from rag_service.types import GenerationChunk
+from rag_service.types import GenerationChunk, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class Generator(Protocol):
         temperature: float,
         stop: list[str],
         request_id: str,
+        sampling: Sampling | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]: ...
 
     @property
@@ -78,15 +79,21 @@ class VllmGenerator:
         temperature: float,
         stop: list[str],
         request_id: str,
+        sampling: Sampling | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
+        sampling = sampling or Sampling()
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=temperature,
             stop=stop,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
             output_kind=RequestOutputKind.DELTA,
         )
         completion_tokens = 0

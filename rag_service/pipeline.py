@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 
@@ -22,7 +22,7 @@ from rag_service.encoder import Encoder
 from rag_service.errors import InvalidRequest
 from rag_service.generator import Generator
 from rag_service.retriever import Retriever
-from rag_service.types import Context, Hit, Usage
+from rag_service.types import Context, Hit, Sampling, Usage
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,13 @@ class AskRequest:
     stop: list[str]
     context_budget: int
     request_id: str = field(default_factory=lambda: f"rag-{uuid.uuid4().hex}")
+    # Optional, set by the OpenAI-compatible chat API (see rag_service/chat.py):
+    # the prompt of a whole conversation built from the packed passages (None: the one-question prompt),
+    build_prompt: Callable[[Sequence[Hit]], list[int]] | None = None
+    # False for plain chat: no embed or retrieve stage, no passages,
+    retrieve: bool = True
+    # and sampling controls beyond temperature (vLLM's defaults when None).
+    sampling: Sampling | None = None
 
 
 @dataclass(slots=True)
@@ -124,11 +131,16 @@ class Pipeline:
     async def ask_stream(self, req: AskRequest) -> AsyncGenerator[str | Answer, None]:
         """Yields answer text deltas (str), then exactly one ``Answer``."""
         timer = StageTimer()
-        with timer.stage("embed"):
-            vector = await self._embed(req.question)
-        with timer.stage("retrieve"):
-            hits = self.retriever.search(vector, req.top_k)
-            context = self.retriever.pack(hits, req.context_budget)
+        context = Context(hits=[], tokens=0, budget=0)
+        if req.retrieve:
+            with timer.stage("embed"):
+                vector = await self._embed(req.question)
+            with timer.stage("retrieve"):
+                hits = self.retriever.search(vector, req.top_k)
+                context = self.retriever.pack(hits, req.context_budget)
+        if req.build_prompt is not None:
+            prompt_ids = req.build_prompt(context.hits)
+        else:
             prompt_ids = self.prompts.build(req.question_ids, context.hits)
 
         usage = Usage(prompt_tokens=len(prompt_ids), context_tokens=context.tokens)
@@ -141,6 +153,7 @@ class Pipeline:
                 temperature=req.temperature,
                 stop=req.stop,
                 request_id=req.request_id,
+                sampling=req.sampling,
             )
             # aclosing: if our caller stops early, the engine request is aborted now, not at GC.
             async with aclosing(chunks):
