@@ -97,6 +97,8 @@ def live_server(
         "RAG_GENERATOR__MODEL": settings.generator.model,
         "RAG_INDEX__DIR": str(settings.index.dir),
         "RAG_SERVER__MAX_BODY_BYTES": "65536",
+        # Test-only: honour X-Rag-Fault-Delay (delays added around the real stages, for budget tests).
+        "RAG_FAULTS__ENABLED": "true",
     }
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
