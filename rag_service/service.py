@@ -104,7 +104,10 @@ class Service:
 
     def _load_retrieval(self) -> tuple[Retriever, Encoder]:
         s = self.settings
-        encoder = Encoder(s.encoder)
+        encoder_settings = s.encoder
+        if not encoder_settings.num_threads:  # see batching.encoder_threads: one thread beside vLLM
+            encoder_settings = encoder_settings.model_copy(update={"num_threads": s.batching.encoder_threads})
+        encoder = Encoder(encoder_settings)
         prompts = PromptBuilder.from_model(s.generator.model, s.generator.system_prompt)
         spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
         index = HnswIndex.load(s.index_path, spec, s.index)
