@@ -8,7 +8,7 @@ Against a running server (``--url``), or one this script starts on a free port (
    admitted, rejected with 429 (and their Retry-After), degraded, and the admitted requests' latency
    p50/p99 against the server's total budget (from ``/readyz``).
 
-    .venv/bin/python benchmarks/overload.py [--burst 64] [--url http://127.0.0.1:8000]
+    .venv/bin/python -m benchmarks.overload [--burst 64] [--url http://127.0.0.1:8000]
 
 Prints tables and writes benchmarks/results/overload.json. ``--smoke`` sends a handful of requests.
 """

@@ -9,7 +9,7 @@ All in one process with the real MiniLM encoder, side by side in one run:
 
 Torch's intra-op thread count is the same for every mode (``--threads``, default 2).
 
-    .venv/bin/python benchmarks/query_batching.py [--queries 256] [--threads 2]
+    .venv/bin/python -m benchmarks.query_batching [--queries 256] [--threads 1]
 
 Prints a table and writes benchmarks/results/query_batching.json. ``--smoke`` runs a few queries.
 """

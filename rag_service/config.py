@@ -134,10 +134,12 @@ class ChunkingSettings(BaseModel):
 
 
 class BudgetSettings(BaseModel):
-    """Per-stage latency budgets and the request's total deadline (see README, "Latency budgets")."""
+    """Per-stage latency budgets and the request's total deadline (see README, "Latency budgets").
+
+    Sized from measurements on a shared 2-core machine (README: "How the defaults were sized")."""
 
     embed_ms: float = Field(
-        250.0,
+        500.0,
         gt=0,
         description=(
             "Most milliseconds the embed stage may take, micro-batch queueing included; over it the "
@@ -153,7 +155,7 @@ class BudgetSettings(BaseModel):
         ),
     )
     first_token_ms: float = Field(
-        3000.0,
+        4000.0,
         gt=0,
         description=(
             "Most milliseconds from handing the prompt to vLLM until the first answer token (engine "
@@ -161,7 +163,7 @@ class BudgetSettings(BaseModel):
         ),
     )
     generate_ms: float = Field(
-        8000.0,
+        12000.0,
         gt=0,
         description=(
             "Most milliseconds for the whole generation stage (first token included); over it "
@@ -169,7 +171,7 @@ class BudgetSettings(BaseModel):
         ),
     )
     total_ms: float = Field(
-        10000.0,
+        15000.0,
         gt=0,
         description=(
             "Total deadline of a request from its arrival (admission queueing included); also the "
