@@ -39,7 +39,8 @@ def test_query_batching_benchmark_smoke(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
-            "benchmarks/query_batching.py",
+            "-m",
+            "benchmarks.query_batching",
             "--smoke",
             "--concurrency",
             "1",
@@ -65,7 +66,8 @@ def test_overload_benchmark_smoke(tmp_path: Path, live_server: LiveServer) -> No
     result = subprocess.run(
         [
             sys.executable,
-            "benchmarks/overload.py",
+            "-m",
+            "benchmarks.overload",
             "--smoke",
             "--url",
             live_server.url,
