@@ -43,7 +43,6 @@ STAGE_BUCKETS = (
 )
 TOKEN_BUCKETS = (0, 1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-OUTCOMES = ("ok", "degraded", "rejected", "error")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -207,6 +207,12 @@ class Pipeline:
             await asyncio.sleep(faults.retrieve)  # test-only delay before the real index
         return self.retriever.search(vector, top_k)
 
+    async def _retrieve(self, req: AskRequest, vector: np.ndarray) -> tuple[Context, list[int]]:
+        """Search, packing and prompt assembly: the whole retrieve stage, under its budget."""
+        hits = await self._search(vector, req.top_k, req.faults)
+        context = self.retriever.pack(hits, req.context_budget)
+        return context, self.prompts.build(req.question_ids, context.hits)
+
     async def search(
         self, query: str, top_k: int, deadline: Deadline | None = None, faults: FaultDelays | None = None
     ) -> SearchResult:
@@ -272,9 +278,7 @@ class Pipeline:
             with timer.stage("embed", budgets.embed_ms) as stage:
                 vector = await stage.run(self._embed(req.question, stage, faults))
             with timer.stage("retrieve", budgets.retrieve_ms) as stage:
-                hits = await stage.run(self._search(vector, req.top_k, faults))
-                context = self.retriever.pack(hits, req.context_budget)
-                prompt_ids = self.prompts.build(req.question_ids, context.hits)
+                context, prompt_ids = await stage.run(self._retrieve(req, vector))
         except DeadlineExceeded as exc:
             self.metrics.timeouts.labels(exc.stage).inc()
             raise

@@ -251,13 +251,19 @@ def test_client_disconnect_mid_stream_aborts_in_vllm(client: httpx.Client, live_
     assert _aborted(live_server, request_id)
     # The engine itself has let go of the request: vLLM holds no unfinished request any more, and
     # its own counter of finished requests shows one more abort.
+    disconnected = 'outcome="disconnected",route="ask"'
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         after = client.get("/metrics").text
-        if _metric(after, "rag_engine_unfinished_requests") == 0:
+        if _metric(after, "rag_engine_unfinished_requests") == 0 and _metric(
+            after, "rag_requests_total", disconnected
+        ) > _metric(before, "rag_requests_total", disconnected):
             break
         time.sleep(0.2)
     assert _metric(after, "rag_engine_unfinished_requests") == 0
     assert _metric(after, "rag_generation_aborts_total", 'reason="client_disconnect"') == (
         _metric(before, "rag_generation_aborts_total", 'reason="client_disconnect"') + 1
+    )
+    assert _metric(after, "rag_requests_total", disconnected) == (
+        _metric(before, "rag_requests_total", disconnected) + 1
     )

@@ -214,6 +214,9 @@ async def ask(body: AskBody, request: Request) -> Response:
     except RagError as exc:
         service.metrics.request_done("ask", _outcome(exc))
         raise
+    except asyncio.CancelledError:
+        service.metrics.request_done("ask", "disconnected")
+        raise
     finally:
         ticket.release()
     service.metrics.request_done("ask", "degraded" if answer.degraded else "ok")
@@ -275,6 +278,9 @@ async def _sse(service: Service, pipeline: Pipeline, req: AskRequest, ticket: Ti
                     outcome = "degraded" if item.degraded else "ok"
                     ticket.release()  # the work is done: free the slot before the last bytes go out
                     yield _event({"type": "done", **answer_body(item)})
+        except (GeneratorExit, asyncio.CancelledError):
+            outcome = "disconnected"  # the client went away; the generation was aborted
+            raise
         except RagError as exc:
             yield _event({"type": "error", **error_body(exc.message, exc.type, exc.code, exc.param)})
         except Exception:
