@@ -66,6 +66,8 @@ async def ask(client: httpx.AsyncClient, i: int, max_tokens: int) -> dict[str, A
         )
     elif r.status_code == 429:
         out["retry_after"] = int(r.headers.get("retry-after", "0"))
+    else:
+        out["code"] = r.json().get("error", {}).get("code")
     return out
 
 
@@ -102,17 +104,20 @@ async def burst(client: httpx.AsyncClient, n: int, max_tokens: int) -> dict[str,
         started = time.perf_counter()
         results = await asyncio.gather(*(one(i) for i in range(n)))
         seconds = time.perf_counter() - started
-    admitted = [r for r in results if r["status"] == 200]
+    answered = [r for r in results if r["status"] == 200]
     rejected = [r for r in results if r["status"] == 429]
-    latencies = [r["client_ms"] for r in admitted]
+    # Admitted = not refused by admission control: answered, or failed later (e.g. a 504 stage timeout).
+    latencies = [r["client_ms"] for r in results if r["status"] != 429]
     return {
         "burst": n,
         "seconds": round(seconds, 1),
-        "admitted": len(admitted),
+        "admitted": n - len(rejected),
+        "answered_200": len(answered),
         "rejected_429": len(rejected),
         "other_status": sorted({r["status"] for r in results} - {200, 429}),
-        "degraded": sum(1 for r in admitted if r["degraded"]),
-        "degraded_reasons": sorted({r["reason"] for r in admitted if r["degraded"]}),
+        "other_codes": sorted({str(r.get("code")) for r in results if r["status"] not in (200, 429)}),
+        "degraded": sum(1 for r in answered if r["degraded"]),
+        "degraded_reasons": sorted({r["reason"] for r in answered if r["degraded"]}),
         "admitted_p50_ms": pct(latencies, 50),
         "admitted_p99_ms": pct(latencies, 99),
         "admitted_max_ms": round(max(latencies), 1) if latencies else None,
@@ -193,7 +198,9 @@ def main() -> int:
     b = report["burst"]
     print(
         f"\nburst of {b['burst']}: {b['admitted']} admitted, {b['rejected_429']} rejected with 429 "
-        f"(Retry-After {b['retry_after_s']} s), {b['degraded']} degraded {b['degraded_reasons']}; "
+        f"(Retry-After {b['retry_after_s']} s); of the admitted, {b['answered_200']} answered "
+        f"({b['degraded']} degraded {b['degraded_reasons']}) and "
+        f"{b['admitted'] - b['answered_200']} failed {b['other_codes']}; "
         f"admitted latency p50 {b['admitted_p50_ms']} ms, p99 {b['admitted_p99_ms']} ms "
         f"(total budget {budgets['total']:g} ms); 429s answered in p50 {b['rejected_client_p50_ms']} ms"
     )

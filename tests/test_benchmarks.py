@@ -82,5 +82,6 @@ def test_overload_benchmark_smoke(tmp_path: Path, live_server: LiveServer) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "overload.json").read_text())
     burst = report["burst"]
-    assert burst["admitted"] + burst["rejected_429"] == burst["burst"] and not burst["other_status"]
+    assert burst["admitted"] + burst["rejected_429"] == burst["burst"]
+    assert burst["answered_200"] <= burst["admitted"]
     assert set(report["budgets_ms"]) == {"embed", "retrieve", "first_token", "generate", "total"}
