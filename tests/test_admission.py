@@ -22,10 +22,9 @@ def test_full_queue_is_refused_at_once_with_retry_after() -> None:
         queued = asyncio.create_task(adm.admit(_far()))
         await asyncio.sleep(0)
         assert (adm.in_flight, adm.queued) == (2, 1)
-        started = time.monotonic()
         with pytest.raises(Overloaded) as info:
             await adm.admit(_far())
-        assert time.monotonic() - started < 0.05  # decided at once, not after waiting
+        assert adm.queued == 1, "refused at once: it never joined the queue"
         assert info.value.status == 429 and info.value.retry_after_s >= 1
         running[0].release()  # hands its slot to the queued request
         ticket = await queued
