@@ -129,6 +129,11 @@ class VllmGenerator:
                     log.info("aborted generation %s after %d tokens", request_id, completion_tokens)
 
     @property
+    def unfinished_requests(self) -> int:
+        """Requests the engine still holds: drops as soon as an abort took effect (metrics, tests)."""
+        return int(self._engine.get_num_unfinished_requests())
+
+    @property
     def healthy(self) -> bool:
         """False once the engine core process has died: the service can no longer answer."""
         return not self._engine.errored

@@ -29,8 +29,10 @@ from rag_service.api import build_app
 from rag_service.api.errors import install_error_handlers
 from rag_service.api.openai_routes import _chunks
 from rag_service.chat import ChatPlan
+from rag_service.config import BudgetSettings
 from rag_service.errors import GenerationFailed
-from rag_service.pipeline import Answer, AskRequest
+from rag_service.metrics import Metrics
+from rag_service.pipeline import Answer, AskRequest, Deadline
 from tests.conftest import LiveServer, repo_settings
 
 CHAT_MODEL = "smollm2-135m-instruct"
@@ -280,14 +282,16 @@ class _FailingPipeline:
 def _failing_app() -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
-    req = AskRequest("q", [], 4, 16, 0.0, [], 0)
+    req = AskRequest("q", [], 4, 16, 0.0, [], 0, deadline=Deadline(15_000), budgets=BudgetSettings())
     plan = ChatPlan("q", lambda hits: [], 0, 0, 0)
     head = {"id": "chatcmpl-x", "created": 1, "model": CHAT_MODEL, "system_fingerprint": None}
 
     @app.post("/v1/chat/completions")
     async def chat() -> StreamingResponse:
         pipeline: Any = _FailingPipeline()
-        return StreamingResponse(_chunks(pipeline, req, plan, head, True), media_type="text/event-stream")
+        return StreamingResponse(
+            _chunks(Metrics(), pipeline, req, plan, head, True), media_type="text/event-stream"
+        )
 
     return app
 

@@ -31,6 +31,7 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
+            await service.close()
             service.shutdown()
 
     app = FastAPI(

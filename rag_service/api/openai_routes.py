@@ -21,18 +21,27 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from rag_service.api.auth import require_api_key
 from rag_service.api.errors import error_body
 from rag_service.api.openai_schemas import ChatCompletionRequest, ChatMessage, EmbeddingRequest
 from rag_service.api.responses import OrjsonResponse
-from rag_service.api.routes import _cancel_on_disconnect, server_timing, source
+from rag_service.api.routes import (
+    TicketedStream,
+    cancel_on_disconnect,
+    request_deadline,
+    request_faults,
+    server_timing,
+    source,
+)
 from rag_service.chat import ChatPlan, Message, Role, plan_chat
 from rag_service.config import Settings
 from rag_service.encoder import Encoder
-from rag_service.errors import InvalidRequest, ModelNotFound, RagError
-from rag_service.pipeline import Answer, AskRequest, Pipeline
+from rag_service.errors import InvalidRequest, ModelNotFound, Overloaded, RagError
+from rag_service.faults import FaultDelays
+from rag_service.metrics import Metrics
+from rag_service.pipeline import BUDGET_FINISH_REASON, Answer, AskRequest, Deadline, Pipeline
 from rag_service.service import Service
 from rag_service.types import Sampling
 
@@ -221,7 +230,11 @@ def _limit(name: str, value: int, limit: int) -> int:
 
 
 def _chat_request(
-    body: ChatCompletionRequest, pipeline: Pipeline, settings: Settings
+    body: ChatCompletionRequest,
+    pipeline: Pipeline,
+    settings: Settings,
+    deadline: Deadline,
+    faults: FaultDelays | None,
 ) -> tuple[AskRequest, ChatPlan]:
     """Validates the body against the live settings and fits the conversation (CPU work: tokenizing)."""
     refused = body.refused_parameter()
@@ -260,6 +273,9 @@ def _chat_request(
         temperature=gen.temperature if body.temperature is None else body.temperature,
         stop=stop,
         context_budget=plan.context_budget,
+        deadline=deadline,
+        budgets=settings.budget,
+        faults=faults,
         build_prompt=plan.build_prompt,
         retrieve=retrieve,
         sampling=Sampling(
@@ -273,7 +289,11 @@ def _chat_request(
 
 
 def _finish_reason(answer: Answer) -> str:
-    # vLLM says "stop" or "length"; "abort" never reaches a client that is still listening.
+    # vLLM says "stop" or "length"; an answer cut short by a budget is "length" (truncated) in
+    # OpenAI's vocabulary, with `degraded_reason` naming the stage; "abort" never reaches a client
+    # that is still listening.
+    if answer.finish_reason == BUDGET_FINISH_REASON:
+        return "length"
     return answer.finish_reason if answer.finish_reason in ("stop", "length") else "stop"
 
 
@@ -298,9 +318,9 @@ def rag_extras(answer: Answer, plan: ChatPlan) -> dict[str, Any]:
             "dropped": [h.passage.id for h in ctx.dropped],
             "messages_dropped": plan.messages_dropped,
         },
-        # Set by the pipeline once it cuts answers short under its budgets (degradation).
-        "degraded": getattr(answer, "degraded", False),
-        "degraded_reason": getattr(answer, "degraded_reason", None),
+        # Cut short by a budget: the answer so far (or only the sources) and the stage that ran late.
+        "degraded": answer.degraded,
+        "degraded_reason": answer.degraded_reason,
     }
 
 
@@ -313,18 +333,37 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     service = _service(request)
     settings = service.settings
     model = _check_model(body.model, chat_model(settings), settings.generator.model)
+    deadline = request_deadline(request, None, service)  # fixed at arrival, before any work
     pipeline = service.pipeline
-    req, plan = await asyncio.to_thread(_chat_request, body, pipeline, settings)
+    req, plan = await asyncio.to_thread(
+        _chat_request, body, pipeline, settings, deadline, request_faults(request, service)
+    )
+    try:
+        ticket = await service.admission.admit(deadline.at)  # before generation; 429 when refused
+    except Overloaded:
+        service.metrics.request_done("chat", "rejected")
+        raise
     created = int(time.time())
     head = {"id": _completion_id(req), "created": created, "model": model, "system_fingerprint": None}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            _chunks(pipeline, req, plan, head, include_usage),
+        return TicketedStream(
+            ticket,
+            _chunks(service.metrics, pipeline, req, plan, head, include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": req.request_id},
         )
-    answer = await _cancel_on_disconnect(request, pipeline.ask(req))
+    try:
+        answer = await cancel_on_disconnect(request, pipeline.ask(req))
+    except RagError as exc:
+        service.metrics.request_done("chat", "rejected" if isinstance(exc, Overloaded) else "error")
+        raise
+    except asyncio.CancelledError:
+        service.metrics.request_done("chat", "disconnected")
+        raise
+    finally:
+        ticket.release()
+    service.metrics.request_done("chat", "degraded" if answer.degraded else "ok")
     completion = {
         **head,
         "object": "chat.completion",
@@ -350,7 +389,12 @@ def _sse(payload: dict[str, Any]) -> bytes:
 
 
 async def _chunks(
-    pipeline: Pipeline, req: AskRequest, plan: ChatPlan, head: dict[str, Any], include_usage: bool
+    metrics: Metrics,
+    pipeline: Pipeline,
+    req: AskRequest,
+    plan: ChatPlan,
+    head: dict[str, Any],
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
     """``chat.completion.chunk`` events: the role first, then content deltas, then ``finish_reason``
     with the RAG extras, then (``include_usage``) a chunk with ``usage`` and no choices, then
@@ -367,18 +411,25 @@ async def _chunks(
 
     yield chunk({"role": "assistant", "content": ""})
     events = pipeline.ask_stream(req)
+    outcome = "error"
     async with aclosing(events):
         try:
             async for item in events:
                 if isinstance(item, str):
                     yield chunk({"content": item})
                     continue
+                outcome = "degraded" if item.degraded else "ok"
                 yield chunk({}, _finish_reason(item), **rag_extras(item, plan))
                 if include_usage:
                     yield _sse({**base, "choices": [], "usage": _usage(item)})
+        except (GeneratorExit, asyncio.CancelledError):
+            outcome = "disconnected"  # the client went away; the generation was aborted
+            raise
         except RagError as exc:
             yield _sse(error_body(exc.message, exc.type, exc.code, exc.param))
         except Exception:
             log.exception("chat stream %s failed", req.request_id)
             yield _sse(error_body("internal server error", "internal_error", "internal_error"))
+        finally:
+            metrics.request_done("chat", outcome)
     yield b"data: [DONE]\n\n"
