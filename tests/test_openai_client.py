@@ -315,3 +315,49 @@ def test_bad_embedding_input_raises_bad_request(client: OpenAI, inputs: Any, par
     with pytest.raises(openai.BadRequestError) as err:
         client.embeddings.create(model=EMBEDDING_MODEL, input=inputs, encoding_format="float")
     assert err.value.param == param
+
+
+# --- budgets and degradation (same pipeline as /v1/ask) --------------------------------------------
+# The test server runs with RAG_FAULTS__ENABLED: the header adds a delay around the REAL generator's
+# tokens, so the budget is broken on purpose whatever the machine's speed (see tests/test_budgets.py).
+
+
+def test_chat_without_a_first_token_in_time_is_a_degraded_sources_only_answer(client: OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=CHAT_MODEL,
+        messages=ASK,
+        max_tokens=200,
+        stop=[],
+        extra_headers={"X-Rag-Fault-Delay": "first_token=10000", "X-Deadline-Ms": "1500"},
+    )
+    extra = completion.model_extra or {}
+    assert extra["degraded"] is True and extra["degraded_reason"] == "first_token"
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.choices[0].message.content == ""
+    assert extra["sources"] and extra["sources"][0]["doc_id"] == "pyref:break"
+
+
+def test_streamed_chat_cut_by_its_budget_ends_with_the_degradation(client: OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=CHAT_MODEL,
+        messages=ASK,
+        max_tokens=200,
+        stop=[],
+        stream=True,
+        extra_headers={"X-Rag-Fault-Delay": "token=2000", "X-Deadline-Ms": "6000"},
+    )
+    chunks = list(stream)
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == "length"
+    extra = last.model_extra or {}
+    assert extra["degraded"] is True and extra["degraded_reason"] == "generate"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text, "the answer so far is kept"
+    assert extra["sources"]
+
+
+def test_chat_deadline_looser_than_the_server_is_refused(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model=CHAT_MODEL, messages=ASK, extra_headers={"X-Deadline-Ms": "99999999"}
+        )
