@@ -62,3 +62,11 @@ class GenerationFailed(RagError):
     status = 502
     type = "generation_error"
     code = "generation_failed"
+
+
+class NotFound(RagError):
+    """An id that is not there (e.g. an unknown document)."""
+
+    status = 404
+    type = "not_found_error"
+    code = "not_found"

@@ -16,11 +16,10 @@ from rag_service.config import Settings
 from rag_service.encoder import Encoder
 from rag_service.errors import NotReady
 from rag_service.generator import Generator, VllmGenerator
-from rag_service.index import HnswIndex, IndexSpec
+from rag_service.index import IndexSpec, LiveIndex
 from rag_service.pipeline import Pipeline
 from rag_service.prompt import PromptBuilder
 from rag_service.retriever import Retriever
-from rag_service.store import PassageStore
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +40,7 @@ class Service:
         self.cold_start_s: float | None = None
         self._pipeline: Pipeline | None = None
         self._generator: Generator | None = None
+        self.live: LiveIndex | None = None  # the index the documents API writes to
 
     def check(self) -> None:
         """Notices a generation engine that died after start: the service is then failed, not ready."""
@@ -83,10 +83,9 @@ class Service:
         encoder = Encoder(s.encoder)
         prompts = PromptBuilder.from_model(s.generator.model, s.generator.system_prompt)
         spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
-        index = HnswIndex.load(s.index_path, spec, s.index)
-        store = PassageStore.load(s.index_path)
-        log.info("index %s loaded: %d passages", s.index_path, index.ntotal)
-        return Retriever(index, store, prompts), encoder
+        self.live = LiveIndex.open(s.index_path, spec, s.index)  # snapshot + replay of newer rows
+        self.live.start_refresh(s.index.refresh_s)
+        return Retriever(self.live, prompts), encoder
 
     async def _warm_up(self, pipeline: Pipeline) -> None:
         started = time.perf_counter()
@@ -105,3 +104,5 @@ class Service:
     def shutdown(self) -> None:
         if self._generator is not None:
             self._generator.shutdown()
+        if self.live is not None:
+            self.live.close()  # a last snapshot: the next start replays less

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from rag_service import __version__
+from rag_service.api import documents
 from rag_service.api.body_limit import BodySizeLimit
 from rag_service.api.errors import install_error_handlers
 from rag_service.api.responses import OrjsonResponse
@@ -41,5 +42,6 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(documents.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     return app
