@@ -119,6 +119,7 @@ def _ingest_directly(settings: Settings, args: argparse.Namespace, docs: list, b
     ingestor = Ingestor(live, encoder, chunker_for(encoder, settings))
     try:
         report = ingest_documents(ingestor, docs, batch, on_commit=acknowledge)
+        stats = live.stats()
     except KeyboardInterrupt:
         print("\ninterrupted: committed batches are kept; run the same command again to resume", flush=True)
         return 130
@@ -126,7 +127,6 @@ def _ingest_directly(settings: Settings, args: argparse.Namespace, docs: list, b
         live.close()
         if ack is not None:
             ack.close()
-    stats = live.stats()
     print(
         f"done: {report.documents} documents in {report.seconds:.1f} s ({report.docs_per_s:.1f} docs/s): "
         f"{report.upserted} new or changed ({report.chunks} chunks), {report.unchanged} unchanged; "

@@ -151,8 +151,9 @@ class HnswIndex:
             hnsw.hnsw.efConstruction = settings.ef_construction
             faiss_index = faiss.IndexIDMap2(hnsw)
         self._index = faiss_index
-        self._hnsw: Any = faiss.downcast_index(faiss_index.index)  # keeps the inner index referenced
-        self._hnsw.hnsw.efSearch = settings.ef_search
+        inner: Any = faiss.downcast_index(faiss_index.index)
+        inner.hnsw.efSearch = settings.ef_search
+        self._inner = inner  # keeps the inner index referenced as long as the wrapper
         self._lock = ReadWriteLock()
 
     @property
@@ -361,7 +362,8 @@ class LiveIndex:
                 raise IndexUnavailable(f"snapshot at {folder} is newer than its database")
         except IndexUnavailable as exc:
             # The database (checked above) is the truth; a missing or foreign snapshot is rebuilt.
-            log.warning("%s: rebuilding the HNSW graph from the stored embeddings", exc.message)
+            if (folder / MANIFEST_FILE).exists():
+                log.warning("%s: rebuilding the HNSW graph from the stored embeddings", exc.message)
             graph, snapshot_seq = HnswIndex(spec, settings), 0
         except Exception as exc:  # a corrupt snapshot file: the database still has everything
             log.warning("snapshot at %s unreadable (%s): rebuilding it from the database", folder, exc)
