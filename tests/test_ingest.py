@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +42,13 @@ def corpus() -> list[Document]:
 
 
 def _settings(**index: object) -> Settings:
-    return Settings(index=IndexSettings(**index))  # type: ignore[arg-type]
+    return Settings(index=IndexSettings.model_validate(index))
 
 
 @pytest.fixture
-def live(tmp_path: Path, encoder: Encoder) -> LiveIndex:
+def live(tmp_path: Path, encoder: Encoder) -> Iterator[LiveIndex]:
     live = open_or_create(tmp_path / "idx", encoder, _settings())
-    yield live  # type: ignore[misc]
+    yield live
     live.close()
 
 
@@ -316,7 +317,7 @@ def test_old_format_folder_is_refused_then_rebuilt_by_build_index(
     (old / "passages.jsonl").write_text('{"id": "x#0", "doc_id": "x", "title": "", "text": "old"}\n')
     (old / "index.faiss").write_bytes(b"old")
     assert index_state(old) == "old"
-    with pytest.raises(IndexUnavailable, match="old format.*build-index"):
+    with pytest.raises(IndexUnavailable, match=r"old format.*build-index"):
         LiveIndex.open(old, IndexSpec(encoder.model_id, encoder.dimension), IndexSettings())
 
     small = tmp_path / "small.jsonl"
