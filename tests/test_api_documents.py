@@ -115,7 +115,7 @@ def test_answer_sources_name_the_document_and_chunk(client: httpx.Client) -> Non
         ({"documents": [{"id": f"x{i}", "text": "t"} for i in range(9)]}, "documents"),  # max 8 here
         ({"documents": []}, "documents"),
         ({"documents": [{"id": 7, "text": "wrong type"}]}, "documents.0.id"),
-        ({"documents": [{"id": "x1", "text": "t", "body": "unknown field"}]}, "documents.0.body"),
+        ({"documents": [{"id": "x1", "text": "t", "content": "unknown field"}]}, "documents.0.content"),
     ],
     ids=["missing-id", "empty-id", "empty-text", "duplicate-ids", "oversized", "empty", "int-id", "unknown"],
 )
