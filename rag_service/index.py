@@ -51,6 +51,7 @@ MANIFEST_FILE = "manifest.json"
 METRIC = "inner_product"
 FORMAT = 2  # 1 = the JSON Lines store without a database (before ingestion)
 ADD_SLICE = 16  # vectors added per write-lock hold: bounds how long a search can wait
+STALE_FILE_S = 600  # an unnamed snapshot file this old is a crash's leftover, not a write in progress
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +256,11 @@ def write_snapshot(folder: Path, data: bytes, manifest: dict[str, Any]) -> None:
     write_atomically(folder / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
     if previous and previous.get("file") not in (None, file):
         (folder / str(previous["file"])).unlink(missing_ok=True)
+    # Leftovers of a process killed mid-snapshot: a file the manifest never named, a temp file.
+    stale = time.time() - STALE_FILE_S
+    for path in [*folder.glob("index-*.faiss"), *folder.glob(".index-*.tmp")]:
+        if path.name != file and path.stat().st_mtime < stale:
+            path.unlink(missing_ok=True)
 
 
 def _manifest_or_none(folder: Path) -> dict[str, Any] | None:

@@ -4,7 +4,10 @@ input refused whole, and the bearer key on write routes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +16,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from rag_service.api import build_app
-from tests.conftest import LiveServer, repo_settings
+from tests.conftest import REPO, LiveServer, repo_settings
 
 KETTLE = {
     "id": "test:kettle",
@@ -147,3 +150,17 @@ def test_write_routes_need_the_key_when_one_is_set() -> None:
     ok = with_key.post("/v1/documents", json=body, headers={"authorization": "Bearer s3cret"})
     assert ok.status_code == 503 and ok.json()["error"]["code"] == "not_ready"  # past auth, not started
     assert with_key.get("/v1/documents/x").status_code == 503  # reads need no key
+
+
+def test_cli_ingest_through_the_server(client: httpx.Client, live_server: LiveServer, tmp_path: Path) -> None:
+    (tmp_path / "owls.md").write_text("# Owls\n\nBarn owls hunt voles at night by hearing alone.\n")
+    (tmp_path / "kilns.txt").write_text("A pottery kiln fires clay at over a thousand degrees.\n")
+    command = [sys.executable, "-m", "rag_service.cli", "ingest", str(tmp_path), "--server", live_server.url]
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "2 new or changed" in first.stdout
+    assert _search(client, "how do barn owls find voles in the dark?")[0]["doc_id"] == "owls.md"
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "2 unchanged" in again.stdout
+    for doc_id in ("owls.md", "kilns.txt"):
+        assert client.delete(f"/v1/documents/{doc_id}").status_code == 200
