@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -164,6 +165,7 @@ def main() -> int:
         "batch_docs": args.batch,
         "nice": args.nice,
         "torch_threads": threads,
+        "load_average_1_5_15": [round(x, 1) for x in os.getloadavg()],  # the machine is shared
         "ingest_s": round(report["seconds"], 1),
         "ingest_docs_per_s": round(ours, 2),
         "plain_encode_s": round(plain_s, 1),
@@ -181,6 +183,7 @@ def main() -> int:
         f"{'rag-service ingestion (nice ' + str(args.nice) + ')':<34} {ours:>8.2f} {report['seconds']:>8.1f}"
     )
     print(f"ratio ours / plain: {result['ratio_ours_to_plain']:.3f}")
+    print(f"load average at the end (1/5/15 min): {result['load_average_1_5_15']}")
     print(f"\n{'query ms (encode + search, k=10)':<34} {'n':>5} {'p50':>7} {'p95':>7} {'p99':>7}")
     for name, key in (("idle", "query_ms_idle"), ("during ingestion", "query_ms_during_ingestion")):
         p = result[key]
