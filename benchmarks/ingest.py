@@ -2,15 +2,15 @@
 
     .venv/bin/python benchmarks/ingest.py [--data ../shared/data/scifact] [--docs N] [--nice 10]
 
-Three phases in one process, on the same texts and the same torch threads:
-1. plain ``SentenceTransformer.encode`` of every ``title\\ntext`` (the library alone, batch 64);
-2. our ingestion (chunking, encoding, one SQLite transaction per batch, HNSW add, snapshots) into a
-   fresh index folder, on a background thread at the configured niceness, exactly as the server's
-   ingestion thread runs, while the main thread asks one query at a time (encode + search), as a
-   user would;
-3. the same queries with nothing else running (idle).
+In one process, on the same texts and the same torch threads, a background thread at the ingestion
+niceness (as the server's ingestion thread runs) takes the corpus batch by batch and, for each batch,
+runs plain ``SentenceTransformer.encode`` on its ``title\\ntext`` texts (the library alone, truncated
+at 256 tokens) and then our ingestion of the same documents (chunking into 200-token windows,
+encoding, one SQLite transaction, HNSW add, snapshots). Meanwhile the main thread asks one query
+at a time (encode + search, k=10), as a user would, in windows that alternate between ingestion
+running and ingestion paused (idle), so both see the same drifting background load.
 It prints docs/s (ours and plain, and their ratio) and query p50/p95/p99 during ingestion vs idle,
-and writes benchmarks/results/ingest.json. The machine is shared: compare ratios within one run.
+and writes benchmarks/results/ingest.json. The machine is shared: compare within one run.
 """
 
 from __future__ import annotations
@@ -27,19 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from rag_service.config import IngestSettings, Settings
 from rag_service.corpus import read_jsonl
 from rag_service.encoder import Encoder, resolve_encoder_path
 from rag_service.index import LiveIndex
-from rag_service.ingest import (
-    Ingestor,
-    chunker_for,
-    embedding_text,
-    ingest_documents,
-    lower_priority,
-    open_or_create,
-)
+from rag_service.ingest import Ingestor, batches, chunker_for, embedding_text, lower_priority, open_or_create
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -76,12 +70,21 @@ class QueryLoop:
         self.total_ms.append((done - started) * 1000)
         self.search_ms.append((done - searched) * 1000)
 
-    def run_until(self, stop: threading.Event, limit: int = 0) -> None:
-        i = 0
-        while not stop.is_set() and (not limit or i < limit):
-            self.ask(i)
-            i += 1
-            time.sleep(QUERY_PAUSE_S)
+
+def _window(
+    loop: QueryLoop, into: tuple[list[float], list[float]], seconds: float, done: threading.Event
+) -> None:
+    """Ask queries for ``seconds`` (or until ``done``), appending latencies to ``into``."""
+    loop.total_ms.clear()
+    loop.search_ms.clear()
+    end = time.monotonic() + seconds
+    i = len(into[0])
+    while time.monotonic() < end and not done.is_set():
+        loop.ask(i)
+        i += 1
+        time.sleep(QUERY_PAUSE_S)
+    into[0].extend(loop.total_ms)
+    into[1].extend(loop.search_ms)
 
 
 def main() -> int:
@@ -92,7 +95,8 @@ def main() -> int:
     parser.add_argument("--docs", type=int, default=0, help="only the first N abstracts (smoke runs)")
     parser.add_argument("--batch", type=int, default=IngestSettings().batch_docs, help="docs per batch")
     parser.add_argument("--nice", type=int, default=IngestSettings().nice, help="ingestion niceness")
-    parser.add_argument("--idle-queries", type=int, default=300, help="queries in the idle phase")
+    parser.add_argument("--idle-queries", type=int, default=100, help="fewest idle queries measured")
+    parser.add_argument("--window", type=float, default=5.0, help="seconds per query window")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
@@ -112,52 +116,63 @@ def main() -> int:
     encoder = Encoder(settings.encoder)
     threads = torch.get_num_threads()
 
-    # 1. The plain library on the same texts (whole abstracts, truncated at 256 tokens by the model).
+    # The ingestion thread runs, batch by batch, plain SentenceTransformer.encode on the batch's texts
+    # (whole abstracts, truncated at 256 tokens) and then our ingestion of the same documents, both at
+    # the ingestion niceness: the shared machine's load drifts, so the two are compared batch by batch.
     plain = SentenceTransformer(resolve_encoder_path(settings.encoder.model), device="cpu")
-    texts = [embedding_text(d.title, d.text) for d in docs]
-    print(f"plain SentenceTransformer.encode: {len(texts)} abstracts, {threads} torch threads", flush=True)
-    started = time.perf_counter()
-    plain.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=True)
-    plain_s = time.perf_counter() - started
-    del plain
-
-    # 2. Our ingestion on a niced background thread while queries run.
     folder = Path(tempfile.mkdtemp(prefix="rag-ingest-bench-")) / "idx"
     live = open_or_create(folder, encoder, settings)
     ingest_encoder = Encoder(settings.encoder)  # the server's ingestion thread has its own, too
     ingestor = Ingestor(live, ingest_encoder, chunker_for(ingest_encoder, settings))
     loop = QueryLoop(encoder, live, queries)
     loop.ask(0)  # warm the query path (first-call allocations) before measuring
-    loop.total_ms.clear()
-    loop.search_ms.clear()
-    report: dict[str, Any] = {}
-    stop = threading.Event()
+    report: dict[str, Any] = {"docs": 0, "chunks": 0, "seconds": 0.0, "plain_s": 0.0}
+    gate, busy, done = threading.Event(), threading.Event(), threading.Event()
 
     def ingest() -> None:
         lower_priority(args.nice)
         try:
-            r = ingest_documents(ingestor, docs, args.batch)
-            report.update(docs=r.documents, chunks=r.chunks, seconds=r.seconds)
+            with tqdm(total=len(docs), desc="ingesting", unit="doc") as bar:
+                for batch in batches(docs, args.batch):
+                    gate.wait()
+                    busy.set()
+                    started = time.perf_counter()
+                    plain.encode([embedding_text(d.title, d.text) for d in batch], batch_size=64)
+                    plain_done = time.perf_counter()
+                    result = ingestor.upsert(batch)
+                    report["seconds"] += time.perf_counter() - plain_done
+                    report["plain_s"] += plain_done - started
+                    report["docs"] += len(batch)
+                    report["chunks"] += result.chunks
+                    busy.clear()
+                    bar.update(len(batch))
         finally:
-            stop.set()
+            done.set()
 
-    print(f"ingesting {len(docs)} abstracts at nice {args.nice} while querying", flush=True)
+    # Query windows alternate: ingestion running / ingestion paused (after its batch ends), so both
+    # sides of the latency comparison see the same drifting background load.
+    print(f"ingesting {len(docs)} abstracts at nice {args.nice}, {threads} torch threads", flush=True)
     worker = threading.Thread(target=ingest, name="ingest")
     worker.start()
-    loop.run_until(stop)
+    during: tuple[list[float], list[float]] = ([], [])
+    idle: tuple[list[float], list[float]] = ([], [])
+    while not done.is_set():
+        gate.set()
+        _window(loop, during, args.window, done)
+        gate.clear()
+        while busy.is_set():
+            time.sleep(0.01)
+        _window(loop, idle, args.window, done)
+    gate.set()
     worker.join()
-    during = (list(loop.total_ms), list(loop.search_ms))
-
-    # 3. Idle: the same query loop with nothing else running, on the full index.
-    loop.total_ms.clear()
-    loop.search_ms.clear()
-    loop.run_until(threading.Event(), limit=args.idle_queries)
-    idle = (loop.total_ms, loop.search_ms)
+    while len(idle[0]) < args.idle_queries:  # top up idle samples on the full index
+        _window(loop, idle, args.window, threading.Event())
     live.close()
     shutil.rmtree(folder.parent, ignore_errors=True)
 
     ours = report["docs"] / report["seconds"]
-    plain_rate = len(docs) / plain_s
+    plain_s = report["plain_s"]
+    plain_rate = report["docs"] / plain_s
     result = {
         "dataset": str(args.data),
         "docs": report["docs"],
