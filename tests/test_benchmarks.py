@@ -39,7 +39,7 @@ def test_hnsw_params_benchmark_smoke(tmp_path: Path) -> None:
 def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
     data = scifact_dir()
     command = [sys.executable, "benchmarks/ingest.py", "--data", str(data), "--docs", "24", "--batch", "8"]
-    command += ["--idle-queries", "10", "--out", str(tmp_path)]
+    command += ["--idle-queries", "10", "--window", "1", "--out", str(tmp_path)]
     result = subprocess.run(
         command,
         cwd=REPO,
@@ -53,4 +53,4 @@ def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
     figures = json.loads((tmp_path / "ingest.json").read_text())
     assert figures["docs"] == 24 and figures["chunks"] >= 24
     assert figures["ingest_docs_per_s"] > 0 and figures["plain_docs_per_s"] > 0
-    assert figures["query_ms_idle"]["n"] == 10 and figures["query_ms_during_ingestion"]["n"] >= 1
+    assert figures["query_ms_idle"]["n"] >= 10 and figures["query_ms_during_ingestion"]["n"] >= 1
