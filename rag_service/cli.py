@@ -1,4 +1,4 @@
-"""``rag-service`` command line: serve, prepare-models, build-index."""
+"""``rag-service`` command line: serve, prepare-models, build-index, ingest, reindex, env-example."""
 
 from __future__ import annotations
 
@@ -43,24 +43,116 @@ def cmd_prepare_models(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_build_index(settings: Settings, args: argparse.Namespace) -> int:
-    from rag_service.chunking import Chunker
     from rag_service.corpus import python_reference_topics, read_jsonl
     from rag_service.encoder import Encoder
-    from rag_service.index import MANIFEST_FILE
+    from rag_service.errors import InvalidRequest
+    from rag_service.index import index_state
     from rag_service.ingest import build_index
 
     folder = settings.index_path
-    if (folder / MANIFEST_FILE).is_file() and not args.force:
+    state = index_state(folder)
+    if state == "ready" and not args.force:
         print(f"index already built at {folder} (use --force to rebuild)", flush=True)
         return 0
+    if state in ("old", "incomplete"):
+        print(f"{folder} holds an {state} index (no usable documents database): rebuilding it", flush=True)
     encoder = Encoder(settings.encoder)
-    chunker = Chunker(encoder.tokenizer, settings.chunking.chunk_tokens, settings.chunking.overlap_tokens)
     docs = read_jsonl(Path(args.corpus)) if args.corpus else python_reference_topics()
     source = args.corpus or "the built-in Python language reference (pydoc_data.topics)"
     print(f"building index {folder} from {source}", flush=True)
-    report = build_index(docs, encoder, chunker, settings.index, folder)
+    try:
+        report = build_index(docs, encoder, settings, folder)
+    except InvalidRequest as exc:
+        print(f"error: {exc.message}; nothing was changed", file=sys.stderr, flush=True)
+        return 2
     print(
         f"indexed {report.documents} documents as {report.passages} passages in {report.seconds:.1f} s",
+        flush=True,
+    )
+    return 0
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from rag_service.corpus import read_paths
+    from rag_service.errors import InvalidRequest
+
+    batch = args.batch_size or settings.ingest.batch_docs
+    try:
+        docs = read_paths([Path(p) for p in args.paths])  # all checked before anything is written
+    except InvalidRequest as exc:
+        print(f"error: {exc.message}; nothing was ingested", file=sys.stderr, flush=True)
+        return 2
+    if not docs:
+        print("error: no .jsonl, .txt or .md documents found", file=sys.stderr, flush=True)
+        return 2
+    if args.server:
+        from rag_service.ingest_client import ingest_over_http
+
+        return ingest_over_http(args.server, docs, batch, settings)
+    return _ingest_directly(settings, args, docs, batch)
+
+
+def _ingest_directly(settings: Settings, args: argparse.Namespace, docs: list, batch: int) -> int:
+    import os
+
+    from rag_service.encoder import Encoder
+    from rag_service.errors import RagError
+    from rag_service.ingest import Ingestor, chunker_for, ingest_documents, open_or_create
+
+    if settings.ingest.nice:
+        os.nice(settings.ingest.nice)  # the whole process: queries of a server beside us come first
+    folder = Path(args.index_dir) if args.index_dir else settings.index_path
+    encoder = Encoder(settings.encoder)
+    try:
+        live = open_or_create(folder, encoder, settings)
+    except RagError as exc:
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        return 2
+    ack = open(args.ack_log, "a", encoding="utf-8") if args.ack_log else None  # noqa: SIM115
+
+    def acknowledge(batch_docs: list, result: object) -> None:
+        if ack is not None:  # after the commit returned: these documents are durable
+            ack.write("".join(f"{d.id}\n" for d in batch_docs))
+            ack.flush()
+
+    print(f"ingesting {len(docs)} documents into {folder} ({batch} per batch)", flush=True)
+    ingestor = Ingestor(live, encoder, chunker_for(encoder, settings))
+    try:
+        report = ingest_documents(ingestor, docs, batch, on_commit=acknowledge)
+        stats = live.stats()
+    except KeyboardInterrupt:
+        print("\ninterrupted: committed batches are kept; run the same command again to resume", flush=True)
+        return 130
+    finally:
+        live.close()
+        if ack is not None:
+            ack.close()
+    print(
+        f"done: {report.documents} documents in {report.seconds:.1f} s ({report.docs_per_s:.1f} docs/s): "
+        f"{report.upserted} new or changed ({report.chunks} chunks), {report.unchanged} unchanged; "
+        f"the index holds {stats['documents']} documents, {stats['chunks']} chunks (seq {stats['last_seq']})",
+        flush=True,
+    )
+    return 0
+
+
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    from rag_service.encoder import Encoder
+    from rag_service.errors import RagError
+    from rag_service.ingest import build_index, stored_documents
+
+    folder = Path(args.index_dir) if args.index_dir else settings.index_path
+    try:
+        docs = stored_documents(folder)
+    except RagError as exc:
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        return 2
+    encoder = Encoder(settings.encoder)
+    print(f"re-embedding {len(docs)} stored documents of {folder} with {encoder.model_id}", flush=True)
+    report = build_index(docs, encoder, settings, folder)
+    print(
+        f"reindexed {report.documents} documents as {report.passages} passages in {report.seconds:.1f} s; "
+        "restart the server to load it",
         flush=True,
     )
     return 0
@@ -92,6 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--corpus", help="BEIR-style corpus.jsonl instead of the built-in default corpus")
     build.add_argument("--force", action="store_true", help="rebuild even if the index exists")
     build.set_defaults(func=cmd_build_index)
+
+    ingest = sub.add_parser(
+        "ingest",
+        help="add or replace documents: .jsonl (BEIR {_id,title,text}), .txt/.md files, folders of them",
+    )
+    ingest.add_argument("paths", nargs="+", help="files or folders")
+    ingest.add_argument(
+        "--batch-size", type=int, help="documents per committed batch (RAG_INGEST__BATCH_DOCS)"
+    )
+    ingest.add_argument("--server", help="send batches to a running server (e.g. http://127.0.0.1:8000)")
+    ingest.add_argument("--index-dir", help="index folder to write (default: the served index)")
+    ingest.add_argument("--ack-log", help="append each committed document id to this file")
+    ingest.set_defaults(func=cmd_ingest)
+
+    reindex = sub.add_parser("reindex", help="re-embed the stored documents with the configured encoder")
+    reindex.add_argument("--index-dir", help="index folder (default: the served index)")
+    reindex.set_defaults(func=cmd_reindex)
 
     env = sub.add_parser("env-example", help="print every setting as a commented .env file")
     env.set_defaults(func=cmd_env_example)

@@ -95,3 +95,11 @@ class Overloaded(RagError):
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class NotFound(RagError):
+    """An id that is not there (e.g. an unknown document)."""
+
+    status = 404
+    type = "not_found_error"
+    code = "not_found"

@@ -212,7 +212,9 @@ class Pipeline:
     async def _search(self, vector: np.ndarray, top_k: int, faults: FaultDelays | None) -> list[Hit]:
         if faults is not None and faults.retrieve:
             await asyncio.sleep(faults.retrieve)  # test-only delay before the real index
-        return self.retriever.search(vector, top_k)
+        # In a worker thread: a search may wait (briefly) for an ingestion add holding the index's
+        # write lock, and the event loop must keep streaming other answers meanwhile.
+        return await asyncio.to_thread(self.retriever.search, vector, top_k)
 
     async def _retrieve(self, req: AskRequest, vector: np.ndarray) -> tuple[Context, list[int]]:
         """Search, packing and prompt assembly: the whole retrieve stage, under its budget."""

@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from rag_service.index import HnswIndex
+from rag_service.index import LiveIndex
 from rag_service.prompt import PromptBuilder
-from rag_service.store import PassageStore
 from rag_service.types import Context, Hit
 
 
 class Retriever:
-    def __init__(self, index: HnswIndex, store: PassageStore, prompts: PromptBuilder) -> None:
-        if index.ntotal != len(store):
-            raise ValueError(f"index has {index.ntotal} vectors but the store {len(store)} passages")
+    def __init__(self, index: LiveIndex, prompts: PromptBuilder) -> None:
         self.index = index
-        self.store = store
         self.prompts = prompts
 
     def search(self, vector: np.ndarray, top_k: int) -> list[Hit]:
-        scores, ids = self.index.search(vector.reshape(1, -1), top_k)
-        return [
-            Hit(self.store.get(int(i)), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0
-        ]
+        """The top_k live passages (deleted and replaced chunks are filtered out by the index)."""
+        return self.index.search(vector, top_k)
 
     def pack(self, hits: list[Hit], budget: int) -> Context:
         packed: list[Hit] = []

@@ -18,12 +18,11 @@ from rag_service.config import BudgetSettings, Settings
 from rag_service.encoder import Encoder
 from rag_service.errors import DeadlineExceeded, NotReady
 from rag_service.generator import Generator, VllmGenerator
-from rag_service.index import HnswIndex, IndexSpec
+from rag_service.index import IndexSpec, LiveIndex
 from rag_service.metrics import Metrics
 from rag_service.pipeline import AskRequest, Deadline, Pipeline
 from rag_service.prompt import PromptBuilder
 from rag_service.retriever import Retriever
-from rag_service.store import PassageStore
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,7 @@ class Service:
         self.admission = AdmissionController(adm.max_in_flight, adm.max_queue, adm.max_queue_share)
         self.metrics.watch(self.metrics.in_flight, lambda: self.admission.in_flight)
         self.metrics.watch(self.metrics.queued, lambda: self.admission.queued)
+        self.live: LiveIndex | None = None  # the index the documents API writes to
 
     def check(self) -> None:
         """Notices a generation engine that died after start: the service is then failed, not ready."""
@@ -88,7 +88,8 @@ class Service:
                 generator = await generator_task
                 self._generator = generator
             self.metrics.watch(self.metrics.engine_unfinished, lambda: generator.unfinished_requests)
-            self.metrics.index_passages.set(retriever.index.ntotal)
+            live = retriever.index  # the documents API adds and deletes: read the size at scrape time
+            self.metrics.watch(self.metrics.index_passages, lambda: len(live))
             self._pipeline = Pipeline(encoder, retriever, generator, self.settings, self.metrics)
             self.reason = "warming up"
             await self._warm_up(self._pipeline)
@@ -110,10 +111,9 @@ class Service:
         encoder = Encoder(encoder_settings)
         prompts = PromptBuilder.from_model(s.generator.model, s.generator.system_prompt)
         spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
-        index = HnswIndex.load(s.index_path, spec, s.index)
-        store = PassageStore.load(s.index_path)
-        log.info("index %s loaded: %d passages", s.index_path, index.ntotal)
-        return Retriever(index, store, prompts), encoder
+        self.live = LiveIndex.open(s.index_path, spec, s.index)  # snapshot + replay of newer rows
+        self.live.start_refresh(s.index.refresh_s)
+        return Retriever(self.live, prompts), encoder
 
     async def _warm_up(self, pipeline: Pipeline) -> None:
         started = time.perf_counter()
@@ -163,3 +163,5 @@ class Service:
     def shutdown(self) -> None:
         if self._generator is not None:
             self._generator.shutdown()
+        if self.live is not None:
+            self.live.close()  # a last snapshot: the next start replays less

@@ -4,6 +4,7 @@ API tests, a live uvicorn server running vLLM on the CPU (started once per test 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from rag_service.config import GeneratorSettings, IndexSettings, Settings
-from rag_service.index import MANIFEST_FILE
+from rag_service.index import index_state
 from rag_service.model_prep import is_prepared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,8 +57,8 @@ def prompts(settings: Settings):
 @pytest.fixture(scope="session")
 def default_index_dir(settings: Settings) -> Path:
     folder = settings.index_path
-    if not (folder / MANIFEST_FILE).is_file():
-        pytest.fail(f"default index missing at {folder}: run `make test` (it builds it)")
+    if index_state(folder) != "ready":
+        pytest.fail(f"default index missing or outdated at {folder}: run `make test` (it builds it)")
     return folder
 
 
@@ -91,11 +92,15 @@ def live_server(
     """``rag-service serve`` in a subprocess on a free port: the real thing, vLLM included."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
+    # The server gets a copy of the default index: the documents API tests write to it.
+    index_dir = tmp_path_factory.mktemp("indexes")
+    shutil.copytree(default_index_dir, index_dir / settings.index.name)
     env = {
         **os.environ,
         "RAG_SERVER__PORT": str(port),
         "RAG_GENERATOR__MODEL": settings.generator.model,
-        "RAG_INDEX__DIR": str(settings.index.dir),
+        "RAG_INDEX__DIR": str(index_dir),
+        "RAG_INDEX__NAME": settings.index.name,
         "RAG_SERVER__MAX_BODY_BYTES": "65536",
         # Test-only: honour X-Rag-Fault-Delay (delays added around the real stages, for budget tests).
         "RAG_FAULTS__ENABLED": "true",
@@ -106,6 +111,7 @@ def live_server(
         "RAG_BUDGET__FIRST_TOKEN_MS": "60000",
         "RAG_BUDGET__GENERATE_MS": "90000",
         "RAG_BUDGET__TOTAL_MS": "120000",
+        "RAG_INGEST__MAX_BATCH_DOCS": "8",
     }
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,23 @@ def test_overload_benchmark_smoke(tmp_path: Path, live_server: LiveServer) -> No
     assert burst["admitted"] + burst["rejected_429"] == burst["burst"]
     assert burst["answered_200"] <= burst["admitted"]
     assert set(report["budgets_ms"]) == {"embed", "retrieve", "first_token", "generate", "total"}
+
+
+def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
+    data = scifact_dir()
+    command = [sys.executable, "benchmarks/ingest.py", "--data", str(data), "--docs", "24", "--batch", "8"]
+    command += ["--idle-queries", "10", "--window", "1", "--out", str(tmp_path)]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's rag_service, not an installed one
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ratio ours / plain" in result.stdout
+    figures = json.loads((tmp_path / "ingest.json").read_text())
+    assert figures["docs"] == 24 and figures["chunks"] >= 24
+    assert figures["ingest_docs_per_s"] > 0 and figures["plain_docs_per_s"] > 0
+    assert figures["query_ms_idle"]["n"] >= 10 and figures["query_ms_during_ingestion"]["n"] >= 1

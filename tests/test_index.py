@@ -66,15 +66,19 @@ def test_save_then_load_gives_identical_results(
 ) -> None:
     doc_vectors, query_vectors = scifact_vectors
     index = HnswIndex(_spec(encoder), IndexSettings())
-    index.add(doc_vectors[:500])
+    index.add(doc_vectors[:500], ids=np.arange(1000, 1500))
     before = index.search(query_vectors, 10)
-    index.save(tmp_path)
+    assert before[1].min() >= 1000  # results carry the ids given, not positions
+    index.save(tmp_path, applied_seq=7)
     manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
     assert manifest["encoder"] == encoder.model_id
     assert manifest["dimension"] == 384
     assert manifest["metric"] == "inner_product"
-    assert manifest["count"] == 500
-    loaded = HnswIndex.load(tmp_path, _spec(encoder), IndexSettings())
+    assert manifest["normalized"] is True
+    assert manifest["count"] == 500 and manifest["applied_seq"] == 7
+    assert manifest["versions"]["faiss-cpu"]
+    loaded, seq = HnswIndex.load(tmp_path, _spec(encoder), IndexSettings())
+    assert seq == 7
     after = loaded.search(query_vectors, 10)
     np.testing.assert_array_equal(before[1], after[1])
     np.testing.assert_array_equal(before[0], after[0])
@@ -83,7 +87,7 @@ def test_save_then_load_gives_identical_results(
 def test_index_from_another_encoder_is_refused(encoder: Encoder, tmp_path: Path) -> None:
     index = HnswIndex(_spec(encoder), IndexSettings())
     index.add(encoder.encode_passages(["one passage", "another passage"]))
-    index.save(tmp_path)
+    index.save(tmp_path, applied_seq=1)
     other = IndexSpec(encoder="sentence-transformers/all-mpnet-base-v2", dimension=768)
     with pytest.raises(IndexUnavailable) as err:
         HnswIndex.load(tmp_path, other, IndexSettings())

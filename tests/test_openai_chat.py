@@ -11,10 +11,9 @@ from rag_service.chat import Message, plan_chat, retrieval_query
 from rag_service.config import Settings
 from rag_service.encoder import Encoder
 from rag_service.errors import InvalidRequest
-from rag_service.index import HnswIndex, IndexSpec
+from rag_service.index import IndexSpec, LiveIndex
 from rag_service.prompt import NO_CONTEXT, PromptBuilder
 from rag_service.retriever import Retriever
-from rag_service.store import PassageStore
 
 MAX_MODEL_LEN = 2048
 CONTEXT_TOKENS = 1024
@@ -50,8 +49,7 @@ def retriever(
     settings: Settings, encoder: Encoder, prompts: PromptBuilder, default_index_dir: Path
 ) -> Retriever:
     spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
-    index = HnswIndex.load(default_index_dir, spec, settings.index)
-    return Retriever(index, PassageStore.load(default_index_dir), prompts)
+    return Retriever(LiveIndex.open(default_index_dir, spec, settings.index), prompts)
 
 
 def test_prompt_is_the_conversation_in_the_chat_template(prompts: PromptBuilder) -> None:

@@ -8,10 +8,9 @@ import pytest
 
 from rag_service.config import Settings
 from rag_service.encoder import Encoder
-from rag_service.index import HnswIndex, IndexSpec
+from rag_service.index import IndexSpec, LiveIndex
 from rag_service.prompt import PromptBuilder
 from rag_service.retriever import Retriever
-from rag_service.store import PassageStore
 from rag_service.types import Hit, Passage
 
 
@@ -20,8 +19,7 @@ def retriever(
     settings: Settings, encoder: Encoder, prompts: PromptBuilder, default_index_dir: Path
 ) -> Retriever:
     spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
-    index = HnswIndex.load(default_index_dir, spec, settings.index)
-    return Retriever(index, PassageStore.load(default_index_dir), prompts)
+    return Retriever(LiveIndex.open(default_index_dir, spec, settings.index), prompts)
 
 
 def _hits(retriever: Retriever, encoder: Encoder, question: str, k: int) -> list[Hit]:
@@ -76,9 +74,12 @@ def test_empty_hits(retriever: Retriever) -> None:
     assert ctx.hits == [] and ctx.tokens == 0 and ctx.dropped == []
 
 
-def test_index_and_store_must_agree(retriever: Retriever, prompts: PromptBuilder) -> None:
-    with pytest.raises(ValueError):
-        Retriever(retriever.index, PassageStore([]), prompts)
+def test_default_corpus_keeps_its_ids(retriever: Retriever) -> None:
+    """The built-in corpus is stored as documents pyref:<topic> with chunks <doc_id>#<n>."""
+    stored = retriever.index.store.get("pyref:break")
+    assert stored is not None and stored.doc.title.startswith('The "break" statement')
+    assert [c.id for c in stored.chunks] == [f"pyref:break#{n}" for n in range(len(stored.chunks))]
+    assert retriever.index.store.stats()["documents"] == 79
 
 
 def test_prompt_fits_the_model_context(settings: Settings, retriever: Retriever, encoder: Encoder) -> None:

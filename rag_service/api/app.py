@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from rag_service import __version__
+from rag_service.api import documents
 from rag_service.api.body_limit import BodySizeLimit
 from rag_service.api.errors import install_error_handlers
 from rag_service.api.openai_routes import router as openai_router
@@ -44,5 +45,6 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(openai_router)
+    app.include_router(documents.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     return app

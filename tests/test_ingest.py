@@ -1,0 +1,335 @@
+"""Ingestion into a durable index with the real encoder, SQLite store and FAISS: idempotent upserts,
+deletes, replay after a restart, the background rebuild under concurrent searches, version skew and
+bad input (refused whole, nothing partial stored)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_service.config import IndexSettings, Settings
+from rag_service.corpus import python_reference_topics, read_jsonl, read_paths
+from rag_service.encoder import Encoder
+from rag_service.errors import IndexUnavailable, InvalidRequest
+from rag_service.index import IndexSpec, LiveIndex, index_state
+from rag_service.ingest import (
+    Ingestor,
+    build_index,
+    chunker_for,
+    embedding_text,
+    open_or_create,
+    stored_documents,
+)
+from rag_service.store import DocumentStore, DocumentWrite
+from rag_service.types import Document
+from tests.conftest import REPO
+
+# Short reference topics: real text, a chunk or two each, quick to embed.
+TOPICS = ["pass", "break", "continue", "return", "del", "global", "nonlocal", "assert", "raise", "import"]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[Document]:
+    by_id = {d.id: d for d in python_reference_topics()}
+    return [by_id[f"pyref:{t}"] for t in TOPICS]
+
+
+def _settings(**index: object) -> Settings:
+    return Settings(index=IndexSettings.model_validate(index))
+
+
+@pytest.fixture
+def live(tmp_path: Path, encoder: Encoder) -> Iterator[LiveIndex]:
+    live = open_or_create(tmp_path / "idx", encoder, _settings())
+    yield live
+    live.close()
+
+
+@pytest.fixture
+def ingestor(live: LiveIndex, encoder: Encoder) -> Ingestor:
+    return Ingestor(live, encoder, chunker_for(encoder, _settings()))
+
+
+def _top_doc(live: LiveIndex, encoder: Encoder, text: str, k: int = 5) -> list[str]:
+    return [h.passage.doc_id for h in live.search(encoder.encode_queries([text])[0], k)]
+
+
+def _assert_exactly_once(live: LiveIndex) -> None:
+    ids = live.vector_ids()
+    assert len(ids) == len(set(ids.tolist())), "a vector is in the graph twice"
+    assert live.live_ids() <= set(ids.tolist()), "a live chunk has no vector"
+
+
+def test_upsert_is_idempotent_and_new_content_replaces_old_chunks(
+    ingestor: Ingestor, live: LiveIndex, encoder: Encoder, corpus: list[Document]
+) -> None:
+    first = ingestor.upsert(corpus)
+    assert first.upserted == len(corpus) and first.unchanged == 0 and first.chunks >= len(corpus)
+    vectors = live.ntotal
+
+    again = ingestor.upsert(corpus)
+    assert (again.upserted, again.unchanged, again.chunks) == (0, len(corpus), 0)
+    assert again.seq == first.seq, "an unchanged re-send takes no sequence number"
+    assert live.ntotal == vectors and live.tombstones == 0
+
+    new_text = "The pass statement was replaced: it now describes lighthouse keepers on foggy islands."
+    changed = ingestor.upsert([Document("pyref:pass", "Lighthouses", new_text)])
+    assert (changed.upserted, changed.unchanged, changed.chunks, changed.seq) == (1, 0, 1, first.seq + 1)
+    stored = live.store.get("pyref:pass")
+    assert stored is not None and stored.doc.text == new_text
+    assert [c.id for c in stored.chunks] == ["pyref:pass#0"]
+    hits = live.search(encoder.encode_queries(["lighthouse keepers on foggy islands"])[0], 20)
+    assert hits[0].passage.id == "pyref:pass#0" and hits[0].passage.text == new_text
+    # The old chunks are gone from search, and no passage comes back twice.
+    old = live.search(encoder.encode_queries(["What does the pass statement do?"])[0], 20)
+    assert all(h.passage.text == new_text for h in old if h.passage.doc_id == "pyref:pass")
+    assert len({h.passage.id for h in old}) == len(old)
+    assert live.store.stats()["documents"] == len(corpus)
+    _assert_exactly_once(live)
+
+
+def test_delete_takes_effect_in_the_next_search(
+    ingestor: Ingestor, live: LiveIndex, encoder: Encoder, corpus: list[Document]
+) -> None:
+    ingestor.upsert(corpus)
+    question = "What does the assert statement do?"
+    assert _top_doc(live, encoder, question)[0] == "pyref:assert"
+    result = ingestor.delete("pyref:assert")
+    assert result.deleted == 1
+    assert "pyref:assert" not in _top_doc(live, encoder, question, k=50)
+    assert live.store.get("pyref:assert") is None
+    assert ingestor.delete("pyref:assert").deleted == 0  # unknown now: nothing to do
+    # top_k stays full although tombstoned vectors are still in the graph
+    live_chunks = len(live)
+    hits = live.search(encoder.encode_queries([question])[0], live_chunks)
+    assert len(hits) == live_chunks and live.tombstones > 0
+
+
+def test_restart_loads_the_snapshot_and_replays_newer_rows(
+    tmp_path: Path, encoder: Encoder, corpus: list[Document]
+) -> None:
+    folder = tmp_path / "idx"
+    settings = _settings()
+    live = open_or_create(folder, encoder, settings)
+    ingestor = Ingestor(live, encoder, chunker_for(encoder, settings))
+    ingestor.upsert(corpus[:5])
+    live.snapshot()
+    ingestor.upsert(corpus[5:])
+    ingestor.delete("pyref:break")
+    expected = live.live_ids()
+    assert live.snapshot_seq < live.applied_seq
+    # No close(): as after kill -9, the snapshot is older than the database.
+    reopened = LiveIndex.open(folder, live.spec, settings.index)
+    assert reopened.live_ids() == expected
+    assert reopened.applied_seq == live.applied_seq
+    _assert_exactly_once(reopened)
+    assert "pyref:break" not in _top_doc(reopened, encoder, "break out of a loop", k=30)
+    assert _top_doc(reopened, encoder, "What does the import statement do?")[0] == "pyref:import"
+    reopened.close()
+    live.close()
+
+
+def test_background_rebuild_swaps_in_while_searches_continue(
+    tmp_path: Path, encoder: Encoder, corpus: list[Document]
+) -> None:
+    settings = _settings(rebuild_min_tombstones=1_000_000)  # we start the rebuild ourselves
+    live = open_or_create(tmp_path / "idx", encoder, settings)
+    ingestor = Ingestor(live, encoder, chunker_for(encoder, settings))
+    ingestor.upsert(corpus)
+    for doc in corpus[::2]:
+        ingestor.delete(doc.id)
+    deleted = {d.id for d in corpus[::2]}
+    assert live.tombstones > 0
+    queries = encoder.encode_queries([f"What does the {t} statement do?" for t in TOPICS])
+    k = min(5, len(live))
+    errors: list[BaseException] = []
+    searched = [0]
+    stop = threading.Event()
+
+    def search_forever() -> None:
+        try:
+            while not stop.is_set():
+                for q in queries:
+                    hits = live.search(q, k)
+                    assert len(hits) == k, "top_k must stay full during the swap"
+                    assert not {h.passage.doc_id for h in hits} & deleted
+                    searched[0] += 1
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=search_forever) for _ in range(3)]
+    for t in threads:
+        t.start()
+    before = live.ntotal
+    live.start_rebuild().join(timeout=120)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert searched[0] > 0
+    assert live.rebuilds == 1
+    assert live.tombstones == 0 and live.ntotal == len(live) < before
+    assert live.snapshot_seq == live.applied_seq  # the rebuilt graph was snapshotted
+    live.close()
+
+
+def test_rebuild_starts_by_itself_past_the_tombstone_threshold(
+    tmp_path: Path, encoder: Encoder, corpus: list[Document]
+) -> None:
+    settings = _settings(rebuild_min_tombstones=3, rebuild_tombstone_ratio=0.1)
+    live = open_or_create(tmp_path / "idx", encoder, settings)
+    ingestor = Ingestor(live, encoder, chunker_for(encoder, settings))
+    ingestor.upsert(corpus)
+    for doc in corpus[:6]:
+        ingestor.delete(doc.id)
+    live.close()  # waits for a running rebuild
+    assert live.rebuilds >= 1
+
+
+def test_index_from_another_encoder_is_refused_and_reindex_fixes_it(
+    tmp_path: Path, encoder: Encoder, corpus: list[Document]
+) -> None:
+    folder = tmp_path / "idx"
+    other = IndexSpec(encoder="sentence-transformers/all-mpnet-base-v2", dimension=768)
+    store = DocumentStore.create(folder, other.as_meta())
+    rng = np.random.default_rng(0)
+    store.write([DocumentWrite(d, [d.text[:200]], rng.standard_normal((1, 768))) for d in corpus[:3]])
+    store.close()
+    settings = _settings()
+    spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
+    with pytest.raises(IndexUnavailable) as err:
+        LiveIndex.open(folder, spec, settings.index)
+    assert err.value.code == "index_encoder_mismatch"
+    assert "all-mpnet-base-v2" in err.value.message and encoder.model_id in err.value.message
+    assert "reindex" in err.value.message
+    # The service refuses to load it the same way (its /readyz reason is this message).
+    from rag_service.service import Service
+
+    service = Service(settings.model_copy(update={"index": IndexSettings(dir=tmp_path, name="idx")}))
+    with pytest.raises(IndexUnavailable, match="all-mpnet-base-v2"):
+        service._load_retrieval()
+
+    # reindex = re-embed the stored text with the configured encoder.
+    build_index(stored_documents(folder), encoder, settings, folder, progress=False)
+    live = LiveIndex.open(folder, spec, settings.index)
+    assert _top_doc(live, encoder, "What does the break statement do?")[0] == "pyref:break"
+    assert live.store.stats()["documents"] == 3
+    live.close()
+
+
+@pytest.mark.parametrize(
+    ("docs", "message"),
+    [
+        ([Document("", "t", "some text")], "id is empty"),
+        ([Document("a", "t", "text"), Document("b", "t", "  \n ")], "text is empty"),
+        ([Document("a", "t", "one"), Document("b", "t", "two"), Document("a", "t", "three")], "already used"),
+    ],
+    ids=["missing-id", "empty-text", "duplicate-ids"],
+)
+def test_bad_batch_is_refused_whole(
+    ingestor: Ingestor, live: LiveIndex, corpus: list[Document], docs: list[Document], message: str
+) -> None:
+    ingestor.upsert(corpus[:2])
+    before = live.store.stats()
+    with pytest.raises(InvalidRequest, match=message):
+        ingestor.upsert(docs)
+    assert live.store.stats() == before
+    assert live.store.get("a") is None
+
+
+def test_corpus_readers_name_the_bad_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.md").write_text("# Alpha\n\nAlpha text.\n")
+    (tmp_path / "notes" / "sub").mkdir()
+    (tmp_path / "notes" / "sub" / "b.txt").write_text("Beta text, ünïcödé.\n")
+    docs = read_paths([tmp_path / "notes"])
+    assert [(d.id, d.title) for d in docs] == [("a.md", "Alpha"), ("sub/b.txt", "Beta text, ünïcödé.")]
+
+    (tmp_path / "notes" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(InvalidRequest, match=r"latin1\.txt: not UTF-8"):
+        read_paths([tmp_path / "notes"])
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"_id": "1", "text": "fine"}\n{"title": "no id", "text": "x"}\n')
+    with pytest.raises(InvalidRequest, match=r"bad\.jsonl:2: missing or empty _id"):
+        list(read_jsonl(bad))
+    bad.write_text('{"_id": "1", "text": ""}\n')
+    with pytest.raises(InvalidRequest, match="has no text"):
+        list(read_jsonl(bad))
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"_id": "1", "text": "one"}\n{"_id": "1", "text": "two"}\n')
+    with pytest.raises(InvalidRequest, match="appears twice"):
+        read_paths([dup])
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "rag_service.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_cli_ingest_folder_resumes_and_refuses_bad_input_whole(tmp_path: Path, encoder: Encoder) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "kettle.md").write_text("# Kettles\n\nA kettle boils water for tea on a stove.\n")
+    (folder / "bikes.txt").write_text("Bicycles have two wheels, pedals and a chain.\n")
+    index = tmp_path / "idx"
+
+    (folder / "broken.txt").write_bytes(b"\xff\xfe not utf-8")
+    bad = _cli("ingest", str(folder), "--index-dir", str(index))
+    assert bad.returncode == 2 and "broken.txt: not UTF-8" in bad.stderr
+    assert not index.exists(), "nothing is written when any input is bad"
+    (folder / "broken.txt").unlink()
+
+    first = _cli("ingest", str(folder), "--index-dir", str(index), "--batch-size", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "2 new or changed" in first.stdout and "docs/s" in first.stdout
+    assert "ingesting" in first.stderr  # the progress bar
+    again = _cli("ingest", str(folder), "--index-dir", str(index))
+    assert again.returncode == 0 and "0 new or changed" in again.stdout and "2 unchanged" in again.stdout
+
+    live = LiveIndex.open(index, IndexSpec(encoder.model_id, encoder.dimension), IndexSettings())
+    assert _top_doc(live, encoder, "how do I boil water for tea?")[0] == "kettle.md"
+    assert live.store.stats()["documents"] == 2
+    live.close()
+
+
+def test_old_format_folder_is_refused_then_rebuilt_by_build_index(
+    tmp_path: Path, encoder: Encoder, corpus: list[Document]
+) -> None:
+    old = tmp_path / "default"
+    old.mkdir()
+    (old / "manifest.json").write_text('{"format": 1, "encoder": "sentence-transformers/all-MiniLM-L6-v2"}')
+    (old / "passages.jsonl").write_text('{"id": "x#0", "doc_id": "x", "title": "", "text": "old"}\n')
+    (old / "index.faiss").write_bytes(b"old")
+    assert index_state(old) == "old"
+    with pytest.raises(IndexUnavailable, match=r"old format.*build-index"):
+        LiveIndex.open(old, IndexSpec(encoder.model_id, encoder.dimension), IndexSettings())
+
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps({"_id": d.id, "text": d.text[:300]}) + "\n" for d in corpus[:3]))
+    result = _cli("build-index", "--corpus", str(small), env={"RAG_INDEX__DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "old index" in result.stdout and "indexed 3 documents" in result.stdout
+    assert index_state(old) == "ready"
+    skipped = _cli("build-index", env={"RAG_INDEX__DIR": str(tmp_path)})
+    assert skipped.returncode == 0 and "already built" in skipped.stdout
+
+
+def test_embedding_text_gives_chunks_their_title() -> None:
+    assert embedding_text("Kettles", "boil water") == "Kettles\nboil water"
+    assert embedding_text("Kettles", "Kettles boil water") == "Kettles boil water"
