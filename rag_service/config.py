@@ -148,9 +148,31 @@ class IndexSettings(BaseModel):
     )
 
 
+RetrievalMode = Literal["dense", "lexical", "hybrid"]
+
+
 class RetrieverSettings(BaseModel):
     top_k: int = Field(4, ge=1, description="Passages retrieved when a request does not say.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a request may ask for.")
+    mode: RetrievalMode = Field(
+        "hybrid",
+        description=(
+            "Retrieval when a request does not say: dense (MiniLM + HNSW), lexical (SQLite FTS5 BM25) or "
+            "hybrid (both, reciprocal-rank fused; measured best on every shared dataset, see BENCHMARKS.md)."
+        ),
+    )
+    candidates: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description=(
+            "Hybrid mode: passages each retriever contributes to the fusion (at least top_k). 100 is the "
+            "depth the fusion was measured with."
+        ),
+    )
+    rrf_k: int = Field(
+        60, ge=0, description="Reciprocal-rank fusion constant: a passage scores sum(1 / (rrf_k + rank))."
+    )
     context_tokens: int = Field(
         1024,
         ge=64,

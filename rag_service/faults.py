@@ -23,12 +23,14 @@ HEADER = "x-rag-fault-delay"
 @dataclass(frozen=True, slots=True)
 class FaultDelays:
     """Seconds added before each point: ``admitted`` (after admission, before the pipeline),
-    ``embed``, ``retrieve`` (inside those stages), ``first_token`` and ``token`` (before the first /
-    each later generated token reaches the pipeline; vLLM keeps generating meanwhile)."""
+    ``embed``, ``retrieve`` (inside those stages), ``lexical`` (before the full-text search only, inside
+    retrieve: the dense side is on time), ``first_token`` and ``token`` (before the first / each later
+    generated token reaches the pipeline; vLLM keeps generating meanwhile)."""
 
     admitted: float = 0.0
     embed: float = 0.0
     retrieve: float = 0.0
+    lexical: float = 0.0
     first_token: float = 0.0
     token: float = 0.0
 

@@ -428,6 +428,10 @@ class LiveIndex:
                 return hits
             fetch = min(n, fetch * 4)
 
+    def passage(self, vector_id: int) -> Passage | None:
+        """The live passage of a vector id; None if deleted, replaced or not applied here yet."""
+        return self._passages.get(vector_id)
+
     def vector_ids(self) -> np.ndarray:
         return self._graph.ids()
 

@@ -53,7 +53,8 @@ class Metrics:
         r = self.registry
         self.stage_seconds = Histogram(
             "rag_stage_seconds",
-            "Wall time of each pipeline stage (first_token and total are measured from the request's start).",
+            "Wall time of each pipeline stage (first_token and total are measured from the request's start; "
+            "retrieve_dense and retrieve_lexical run inside retrieve).",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=r,
@@ -66,6 +67,12 @@ class Metrics:
         )
         self.timeouts = Counter(
             "rag_stage_timeouts", "Requests failed because a stage ran out of budget.", ["stage"], registry=r
+        )
+        self.fallbacks = Counter(
+            "rag_retrieval_fallbacks",
+            "Hybrid searches answered from the dense list alone, by reason (lexical_late, lexical_failed).",
+            ["reason"],
+            registry=r,
         )
         self.aborts = Counter(
             "rag_generation_aborts",

@@ -10,6 +10,14 @@ deadline. How each overrun ends:
 - first token late, or generation over its budget: the request is aborted in vLLM and the answer is
   *degraded*, not failed: the text so far (possibly none) plus the sources, with the stage named.
 
+Retrieval modes (``RetrievalMode``): ``dense`` embeds the question and searches the HNSW graph;
+``lexical`` skips the embed stage and searches the FTS5 index; ``hybrid`` embeds, then runs both
+searches at once in worker threads (SQLite releases the GIL while it works, FAISS too) and fuses them.
+Each search's time is recorded as ``retrieve_dense`` / ``retrieve_lexical`` inside ``retrieve``. The
+lexical side of a hybrid search must be done by ``LEXICAL_SHARE`` of the retrieve budget; if it is
+not (or fails), the dense list is used alone and the result says so (``Retrieval.fallback``), rather
+than failing a request that has good passages in hand.
+
 ``ask_stream`` is the single code path: it yields text deltas and then one final ``Answer``; ``ask``
 just collects it.
 """
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -27,20 +36,23 @@ from typing import TypeVar
 
 import numpy as np
 
-from rag_service.config import BudgetSettings, Settings
+from rag_service.config import BudgetSettings, RetrievalMode, Settings
 from rag_service.encoder import Encoder
 from rag_service.errors import DeadlineExceeded, InvalidRequest
 from rag_service.faults import DelayedGenerator, FaultDelays
 from rag_service.generator import Generator
 from rag_service.metrics import Metrics
 from rag_service.query_batcher import QueryBatcher
-from rag_service.retriever import Retriever
-from rag_service.types import Context, GenerationChunk, Hit, Sampling, Usage
+from rag_service.retriever import DENSE, Retriever
+from rag_service.types import Context, GenerationChunk, Hit, Retrieval, Sampling, Usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUDGET_FINISH_REASON = "budget"  # finish_reason of an answer cut short by a budget
+# A hybrid search's lexical side must finish within this share of the retrieve stage's time; the rest
+# is kept for fusion, packing and prompt assembly (about a millisecond each at the defaults).
+LEXICAL_SHARE = 0.8
 
 
 class Deadline:
@@ -116,6 +128,11 @@ class RequestTimer:
             self.ms[name] = round(seconds * 1000, 2)
             self.metrics.observe_stage(name, seconds)
 
+    def record(self, name: str, seconds: float) -> None:
+        """A part of a stage measured by the caller (each retriever inside ``retrieve``)."""
+        self.ms[name] = round(seconds * 1000, 2)
+        self.metrics.observe_stage(name, seconds)
+
     def mark(self, name: str) -> None:
         """Milliseconds from the request's start until now (the first token, the total)."""
         self.ms[name] = self.deadline.elapsed_ms()
@@ -140,6 +157,7 @@ class AskRequest:
     deadline: Deadline
     budgets: BudgetSettings
     faults: FaultDelays | None = None
+    mode: RetrievalMode = "hybrid"
     request_id: str = field(default_factory=lambda: f"rag-{uuid.uuid4().hex}")
     # Optional, set by the OpenAI-compatible chat API (see rag_service/chat.py):
     # the prompt of a whole conversation built from the packed passages (None: the one-question prompt),
@@ -160,12 +178,14 @@ class Answer:
     finish_reason: str | None
     degraded: bool = False
     degraded_reason: str | None = None  # the stage whose budget cut the answer: first_token, generate
+    retrieval: Retrieval | None = None  # None for plain chat (no retrieval)
 
 
 @dataclass(slots=True)
 class SearchResult:
     hits: list[Hit]
     timings_ms: dict[str, float]
+    retrieval: Retrieval
 
 
 async def _next_chunk(chunks: AsyncIterator[GenerationChunk]) -> GenerationChunk | None:
@@ -209,18 +229,91 @@ class Pipeline:
             await asyncio.sleep(faults.embed)  # test-only delay before the real encoder
         return await self.batcher.embed(text, deadline=stage.ends_at)
 
-    async def _search(self, vector: np.ndarray, top_k: int, faults: FaultDelays | None) -> list[Hit]:
+    async def _embed_for(
+        self,
+        mode: RetrievalMode,
+        text: str,
+        timer: RequestTimer,
+        budgets: BudgetSettings,
+        faults: FaultDelays | None,
+    ) -> np.ndarray | None:
+        """The embed stage, which a lexical search does without."""
+        if mode == "lexical":
+            return None
+        with timer.stage("embed", budgets.embed_ms) as stage:
+            return await stage.run(self._embed(text, stage, faults))
+
+    async def _timed(self, timer: RequestTimer, name: str, work: Awaitable[list[Hit]]) -> list[Hit]:
+        started = time.monotonic()
+        try:
+            return await work
+        finally:  # also when abandoned (a late lexical side): how long it had run
+            timer.record(name, time.monotonic() - started)
+
+    async def _dense(self, vector: np.ndarray, k: int, faults: FaultDelays | None) -> list[Hit]:
         if faults is not None and faults.retrieve:
             await asyncio.sleep(faults.retrieve)  # test-only delay before the real index
         # In a worker thread: a search may wait (briefly) for an ingestion add holding the index's
         # write lock, and the event loop must keep streaming other answers meanwhile.
-        return await asyncio.to_thread(self.retriever.search, vector, top_k)
+        return await asyncio.to_thread(self.retriever.search, vector, k)
 
-    async def _retrieve(self, req: AskRequest, vector: np.ndarray) -> tuple[Context, list[int]]:
+    async def _lexical(self, text: str, k: int, until: float, faults: FaultDelays | None) -> list[Hit]:
+        if faults is not None and faults.lexical:
+            await asyncio.sleep(faults.lexical)  # test-only delay before the real full-text index
+        # ``until`` stops the query inside SQLite, so an abandoned search does not keep a core busy.
+        return await asyncio.to_thread(self.retriever.search_text, text, k, until=until)
+
+    async def _search(
+        self,
+        text: str,
+        vector: np.ndarray | None,
+        top_k: int,
+        mode: RetrievalMode,
+        stage: Stage,
+        timer: RequestTimer,
+        faults: FaultDelays | None,
+    ) -> Retrieval:
+        """The passages for one query in ``mode``, within ``stage`` (see the module's docstring)."""
+        if mode == "lexical":
+            hits = await self._timed(
+                timer, "retrieve_lexical", self._lexical(text, top_k, stage.ends_at, faults)
+            )
+            return Retrieval(hits, mode)
+        assert vector is not None, "dense and hybrid searches need the query vector"
+        if mode == "dense":
+            hits = await self._timed(timer, "retrieve_dense", self._dense(vector, top_k, faults))
+            return Retrieval(hits, mode)
+        depth = self.retriever.candidates(top_k)
+        cutoff = stage.started + (stage.ends_at - stage.started) * LEXICAL_SHARE
+        lexical = asyncio.ensure_future(
+            self._timed(timer, "retrieve_lexical", self._lexical(text, depth, cutoff, faults))
+        )
+        try:
+            dense = await self._timed(timer, "retrieve_dense", self._dense(vector, depth, faults))
+        except BaseException:
+            lexical.cancel()
+            raise
+        reason: str | None = None
+        try:
+            lexical_hits = await asyncio.wait_for(lexical, max(0.0, cutoff - time.monotonic()))
+        except TimeoutError:
+            reason = "lexical_late"
+        except sqlite3.OperationalError as exc:  # "interrupted" at the cutoff, or a database error
+            reason = "lexical_late" if "interrupt" in str(exc) else "lexical_failed"
+            if reason == "lexical_failed":
+                log.warning("lexical search failed, answering from the dense list: %s", exc)
+        if reason is not None:
+            self.metrics.fallbacks.labels(reason).inc()
+            return Retrieval(dense[:top_k], mode, fallback=DENSE, reason=reason)
+        return Retrieval(self.retriever.fuse(dense, lexical_hits, top_k), mode)
+
+    async def _retrieve(
+        self, req: AskRequest, vector: np.ndarray | None, stage: Stage, timer: RequestTimer
+    ) -> tuple[Retrieval, Context, list[int]]:
         """Search, packing and prompt assembly: the whole retrieve stage, under its budget."""
-        hits = await self._search(vector, req.top_k, req.faults)
-        context = self.retriever.pack(hits, req.context_budget)
-        return context, self._prompt(req, context)
+        found = await self._search(req.question, vector, req.top_k, req.mode, stage, timer, req.faults)
+        context = self.retriever.pack(found.hits, req.context_budget)
+        return found, context, self._prompt(req, context)
 
     def _prompt(self, req: AskRequest, context: Context) -> list[int]:
         if req.build_prompt is not None:  # a whole conversation (rag_service/chat.py)
@@ -228,21 +321,26 @@ class Pipeline:
         return self.prompts.build(req.question_ids, context.hits)
 
     async def search(
-        self, query: str, top_k: int, deadline: Deadline | None = None, faults: FaultDelays | None = None
+        self,
+        query: str,
+        top_k: int,
+        deadline: Deadline | None = None,
+        faults: FaultDelays | None = None,
+        mode: RetrievalMode | None = None,
     ) -> SearchResult:
         timer = RequestTimer(deadline or self.new_deadline(), self.metrics)
         budgets = self.settings.budget
+        mode = mode or self.settings.retriever.mode
         if faults is not None and faults.admitted:
             await asyncio.sleep(faults.admitted)
         try:
-            with timer.stage("embed", budgets.embed_ms) as stage:
-                vector = await stage.run(self._embed(query, stage, faults))
+            vector = await self._embed_for(mode, query, timer, budgets, faults)
             with timer.stage("retrieve", budgets.retrieve_ms) as stage:
-                hits = await stage.run(self._search(vector, top_k, faults))
+                found = await stage.run(self._search(query, vector, top_k, mode, stage, timer, faults))
         except DeadlineExceeded as exc:
             self.metrics.timeouts.labels(exc.stage).inc()
             raise
-        return SearchResult(hits, timer.finish())
+        return SearchResult(found.hits, timer.finish(), found)
 
     def new_request(
         self,
@@ -255,6 +353,7 @@ class Pipeline:
         deadline: Deadline | None = None,
         budgets: BudgetSettings | None = None,
         faults: FaultDelays | None = None,
+        mode: RetrievalMode | None = None,
     ) -> AskRequest:
         """Checks the question fits the model and fixes the passages' token budget: the configured
         one, capped by what the context holds after the prompt's own tokens and the answer."""
@@ -280,6 +379,7 @@ class Pipeline:
             deadline=deadline or self.new_deadline(),
             budgets=budgets or self.settings.budget,
             faults=faults,
+            mode=mode or self.settings.retriever.mode,
         )
 
     async def ask_stream(self, req: AskRequest) -> AsyncGenerator[str | Answer, None]:
@@ -288,12 +388,12 @@ class Pipeline:
         budgets, faults = req.budgets, req.faults
         if faults is not None and faults.admitted:
             await asyncio.sleep(faults.admitted)
+        found: Retrieval | None = None
         try:
             if req.retrieve:
-                with timer.stage("embed", budgets.embed_ms) as stage:
-                    vector = await stage.run(self._embed(req.question, stage, faults))
+                vector = await self._embed_for(req.mode, req.question, timer, budgets, faults)
                 with timer.stage("retrieve", budgets.retrieve_ms) as stage:
-                    context, prompt_ids = await stage.run(self._retrieve(req, vector))
+                    found, context, prompt_ids = await stage.run(self._retrieve(req, vector, stage, timer))
             else:  # plain chat (OpenAI API with retrieval off): no passages
                 context = Context(hits=[], tokens=0, budget=0)
                 prompt_ids = self._prompt(req, context)
@@ -353,6 +453,7 @@ class Pipeline:
             finish_reason,
             degraded=degraded_reason is not None,
             degraded_reason=degraded_reason,
+            retrieval=found,
         )
         log.info(
             "answered %s: %s ms, %d context + %d prompt tokens, %d generated (%s)%s",

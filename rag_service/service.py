@@ -113,7 +113,7 @@ class Service:
         spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
         self.live = LiveIndex.open(s.index_path, spec, s.index)  # snapshot + replay of newer rows
         self.live.start_refresh(s.index.refresh_s)
-        return Retriever(self.live, prompts), encoder
+        return Retriever(self.live, prompts, s.retriever), encoder
 
     async def _warm_up(self, pipeline: Pipeline) -> None:
         started = time.perf_counter()

@@ -11,8 +11,15 @@ Tables:
 Every write batch is ONE transaction that takes the next sequence number: a batch is wholly there or
 not at all, and the FAISS index (derived, see ``index.py``) replays exactly the rows newer than its
 snapshot. ``synchronous=FULL`` makes a commit durable before it returns, so an acknowledged write
-survives ``kill -9`` (and a power cut). Anything derived from one batch (e.g. a full-text table) belongs
-in the same transaction in ``write``.
+survives ``kill -9`` (and a power cut).
+
+- ``chunk_fts``: the full-text index of the live chunks (FTS5, see ``lexical.py``), row id = vector
+  id. ``write`` keeps it in the same transaction as the chunks, so the lexical and the dense retriever
+  can never disagree about what exists. A database written before it existed gets it (filled from the
+  live chunks, one transaction) the first time it is opened for writing.
+
+Reads for lexical search go through one read-only connection per thread (``text_search``): in WAL
+mode they see the last committed batch and never wait for a write in progress, nor for each other.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import contextlib
 import hashlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from rag_service import lexical
 from rag_service.types import Document, Passage
 
 STORE_FILE = "documents.sqlite3"
@@ -57,6 +66,8 @@ CREATE INDEX chunks_live_by_doc ON chunks (doc_id) WHERE deleted_seq IS NULL;
 CREATE INDEX chunks_by_seq ON chunks (seq);
 CREATE INDEX chunks_by_deleted_seq ON chunks (deleted_seq) WHERE deleted_seq IS NOT NULL;
 """
+# A read connection's query is interrupted after this many SQLite VM steps once its time is up.
+_PROGRESS_STEPS = 1000
 
 
 def content_hash(doc: Document) -> str:
@@ -111,6 +122,9 @@ class DocumentStore:
         self.path = path
         self._db = connection
         self._lock = threading.RLock()
+        self._readers = threading.local()  # one read connection per thread (lexical search)
+        self._reader_list: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -134,7 +148,9 @@ class DocumentStore:
     def open(cls, folder: Path) -> DocumentStore:
         if not cls.exists(folder):
             raise FileNotFoundError(f"no document store at {folder / STORE_FILE}")
-        return cls(folder / STORE_FILE, _connect(folder / STORE_FILE))
+        db = _connect(folder / STORE_FILE)
+        _ensure_text_index(db)
+        return cls(folder / STORE_FILE, db)
 
     @classmethod
     def create(cls, folder: Path, spec: dict[str, Any]) -> DocumentStore:
@@ -150,11 +166,17 @@ class DocumentStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            db.execute(lexical.FTS_SCHEMA)
             rows = {"schema": str(SCHEMA_VERSION), "last_seq": "0", **{k: str(v) for k, v in spec.items()}}
             db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows.items())
         return cls(path, db)
 
     def close(self) -> None:
+        with self._readers_lock:
+            for reader in self._reader_list:
+                with contextlib.suppress(sqlite3.Error):
+                    reader.close()
+            self._reader_list.clear()
         with self._lock:
             # Fold the WAL back into the main file so the folder is one file at rest.
             with contextlib.suppress(sqlite3.Error):
@@ -245,6 +267,40 @@ class DocumentStore:
             last = _last_seq(self._db)
         return {"documents": docs, "chunks": live, "tombstoned_chunks": dead, "last_seq": last}
 
+    def text_search(self, text: str, k: int, *, until: float | None = None) -> list[tuple[int, float]]:
+        """Lexical search (``lexical.search``): the best ``k`` (vector id, BM25 score) pairs among the
+        live chunks. ``until`` (``time.monotonic()``) interrupts the query inside SQLite once passed
+        (``sqlite3.OperationalError``), so a late search stops using the CPU."""
+        db = self._reader()
+
+        def past_deadline() -> int:
+            return 1 if until is not None and time.monotonic() > until else 0
+
+        db.set_progress_handler(past_deadline, _PROGRESS_STEPS)
+        try:
+            return lexical.search(db, text, k)
+        finally:
+            db.set_progress_handler(None, 0)
+
+    def text_row_ids(self) -> set[int]:
+        """Every row id in the full-text index (a consistency check: it must equal the live chunks)."""
+        with self._lock:
+            return {r[0] for r in self._db.execute(f"SELECT rowid FROM {lexical.FTS_TABLE}").fetchall()}
+
+    def live_vector_ids(self) -> set[int]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT vector_id FROM chunks WHERE deleted_seq IS NULL")}
+
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._readers, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+            db.execute("PRAGMA query_only=ON")
+            self._readers.db = db
+            with self._readers_lock:
+                self._reader_list.append(db)
+        return db
+
     # --- writing -------------------------------------------------------------------------------
 
     def write(self, upserts: Sequence[DocumentWrite] = (), deletes: Sequence[str] = ()) -> WriteResult:
@@ -282,6 +338,12 @@ class DocumentStore:
                 if self._tombstone(doc_id, seq):
                     self._db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
                     result.deleted += 1
+            # The batch's surviving chunks enter the full-text index in the same transaction.
+            self._db.execute(
+                f"INSERT INTO {lexical.FTS_TABLE} (rowid, title, text) "
+                "SELECT vector_id, title, text FROM chunks WHERE seq = ? AND deleted_seq IS NULL",
+                (seq,),
+            )
             if result.upserted or result.deleted:
                 self._db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(seq),))
             else:
@@ -289,6 +351,11 @@ class DocumentStore:
         return result
 
     def _tombstone(self, doc_id: str, seq: int) -> int:
+        self._db.execute(
+            f"DELETE FROM {lexical.FTS_TABLE} WHERE rowid IN "
+            "(SELECT vector_id FROM chunks WHERE doc_id = ? AND deleted_seq IS NULL)",
+            (doc_id,),
+        )
         cursor = self._db.execute(
             "UPDATE chunks SET deleted_seq = ? WHERE doc_id = ? AND deleted_seq IS NULL", (seq, doc_id)
         )
@@ -303,6 +370,22 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it is acknowledged
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return db
+
+
+def _ensure_text_index(db: sqlite3.Connection) -> None:
+    """Databases written before the full-text index existed get it, filled from the live chunks.
+    Checked inside the write transaction, so two processes opening the store at once fill it once."""
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    if db.execute(exists, (lexical.FTS_TABLE,)).fetchone():
+        return
+    with _transaction(db):
+        if db.execute(exists, (lexical.FTS_TABLE,)).fetchone():
+            return
+        db.execute(lexical.FTS_SCHEMA)
+        db.execute(
+            f"INSERT INTO {lexical.FTS_TABLE} (rowid, title, text) "
+            "SELECT vector_id, title, text FROM chunks WHERE deleted_seq IS NULL"
+        )
 
 
 class _transaction:

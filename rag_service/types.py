@@ -17,8 +17,26 @@ class Passage:
 
 @dataclass(frozen=True, slots=True)
 class Hit:
+    """A passage found by a search. ``score``: cosine (dense), negated BM25 (lexical) or the
+    reciprocal-rank fusion score (hybrid); ``retrievers``: its 1-based rank in each retriever's list."""
+
     passage: Passage
     score: float
+    retrievers: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Retrieval:
+    """What a search found and how: the mode asked for and, when the lexical side of a hybrid search
+    missed its time, ``fallback="dense"`` with the reason."""
+
+    hits: list[Hit]
+    mode: str
+    fallback: str | None = None
+    reason: str | None = None
+
+    def describe(self) -> dict[str, str | None]:
+        return {"mode": self.mode, "fallback": self.fallback, "reason": self.reason}
 
 
 @dataclass(slots=True)

@@ -32,6 +32,7 @@ from rag_service.api.routes import (
     cancel_on_disconnect,
     request_deadline,
     request_faults,
+    retrieval_body,
     server_timing,
     source,
 )
@@ -276,6 +277,7 @@ def _chat_request(
         deadline=deadline,
         budgets=settings.budget,
         faults=faults,
+        mode=(rag.mode if rag else None) or settings.retriever.mode,
         build_prompt=plan.build_prompt,
         retrieve=retrieve,
         sampling=Sampling(
@@ -311,6 +313,7 @@ def rag_extras(answer: Answer, plan: ChatPlan) -> dict[str, Any]:
     ctx = answer.context
     return {
         "sources": [source(h) for h in ctx.hits],
+        "retrieval": retrieval_body(answer.retrieval),
         "timings_ms": answer.timings_ms,
         "context": {
             "budget": ctx.budget,

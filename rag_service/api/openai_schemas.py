@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rag_service.api.schemas import MODE_DESCRIPTION
+from rag_service.config import RetrievalMode
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -46,6 +49,7 @@ class RagOptions(_Body):
 
     retrieval: bool = Field(True, description="false: plain chat, no passages retrieved.")
     top_k: int | None = Field(None, ge=1, description="Passages to retrieve (server default if absent).")
+    mode: RetrievalMode | None = Field(None, description=MODE_DESCRIPTION)
 
 
 class ChatCompletionRequest(_Body):

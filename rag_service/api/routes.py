@@ -27,7 +27,7 @@ from rag_service.faults import FaultDelays
 from rag_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rag_service.pipeline import Answer, AskRequest, Deadline, Pipeline
 from rag_service.service import Service, State
-from rag_service.types import Hit
+from rag_service.types import Hit, Retrieval
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -52,8 +52,23 @@ def _check_text(name: str, text: str, service: Service) -> None:
 
 
 def source(hit: Hit) -> dict[str, Any]:
+    """A passage as the API shows it; ``retrievers``: its rank in each retriever's list, e.g.
+    ``{"dense": 3, "lexical": 1}`` (hybrid), and ``score`` is that mode's (see ``Hit``)."""
     p = hit.passage
-    return {"id": p.id, "doc_id": p.doc_id, "title": p.title, "text": p.text, "score": round(hit.score, 6)}
+    return {
+        "id": p.id,
+        "doc_id": p.doc_id,
+        "title": p.title,
+        "text": p.text,
+        "score": round(hit.score, 6),
+        "retrievers": hit.retrievers,
+    }
+
+
+def retrieval_body(retrieval: Retrieval | None) -> dict[str, str | None] | None:
+    """``{"mode", "fallback", "reason"}``: fallback "dense" when a hybrid search's lexical side was
+    late (reason lexical_late) or failed (lexical_failed) and the dense list was used alone."""
+    return retrieval.describe() if retrieval is not None else None
 
 
 def server_timing(timings_ms: dict[str, float]) -> str:
@@ -108,6 +123,7 @@ def answer_body(answer: Answer) -> dict[str, Any]:
         "answer": answer.text,
         "finish_reason": answer.finish_reason,
         "sources": [source(h) for h in ctx.hits],
+        "retrieval": retrieval_body(answer.retrieval),
         "timings_ms": answer.timings_ms,
         "degraded": answer.degraded,
         "degraded_reason": answer.degraded_reason,
@@ -162,7 +178,7 @@ async def search(body: SearchBody, request: Request) -> OrjsonResponse:
     try:
         ticket = await service.admission.admit(deadline.at)
         try:
-            result = await pipeline.search(body.query, top_k, deadline, faults)
+            result = await pipeline.search(body.query, top_k, deadline, faults, body.mode)
         finally:
             ticket.release()
     except RagError as exc:
@@ -170,7 +186,11 @@ async def search(body: SearchBody, request: Request) -> OrjsonResponse:
         raise
     service.metrics.request_done("search", "ok")
     return OrjsonResponse(
-        {"hits": [source(h) for h in result.hits], "timings_ms": result.timings_ms},
+        {
+            "hits": [source(h) for h in result.hits],
+            "retrieval": retrieval_body(result.retrieval),
+            "timings_ms": result.timings_ms,
+        },
         headers={"Server-Timing": server_timing(result.timings_ms)},
     )
 
@@ -196,6 +216,7 @@ async def ask(body: AskBody, request: Request) -> Response:
         stop=stop,
         deadline=deadline,
         faults=request_faults(request, service),
+        mode=body.mode,
     )
     try:
         ticket = await service.admission.admit(deadline.at)  # before any work; 429 when refused

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rag_service.config import RetrievalMode
+
+MODE_DESCRIPTION = (
+    "Retrieval: dense (embeddings), lexical (BM25 full-text) or hybrid (both, fused); the server's "
+    "default (RAG_RETRIEVER__MODE) if absent."
+)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -22,6 +29,7 @@ def _not_blank(value: str) -> str:
 class AskBody(_Strict):
     question: str = Field(description="The question to answer from the indexed passages.")
     top_k: int | None = Field(None, ge=1, description="Passages to retrieve (server default if absent).")
+    mode: RetrievalMode | None = Field(None, description=MODE_DESCRIPTION)
     max_tokens: int | None = Field(None, ge=1, description="Most new tokens in the answer.")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature.")
     stop: list[str] | None = Field(
@@ -55,6 +63,7 @@ class AskBody(_Strict):
 class SearchBody(_Strict):
     query: str = Field(description="Text to find passages for.")
     top_k: int | None = Field(None, ge=1, description="Hits to return (server default if absent).")
+    mode: RetrievalMode | None = Field(None, description=MODE_DESCRIPTION)
     deadline_ms: int | None = Field(
         None,
         ge=1,
@@ -70,3 +79,4 @@ class Source(BaseModel):
     title: str
     text: str
     score: float
+    retrievers: dict[str, int] = Field(description="The passage's 1-based rank in each list that found it.")
