@@ -4,11 +4,12 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,dev,load
+# bench: the benchmark suite's peers (bm25s, llama-cpp-python, compiled once), so `make test` runs their smoke tests.
+EXTRAS ?= cpu,dev,load,bench
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install models index run test lint format clean
+.PHONY: install models index run test loadtest bench lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,10 +35,33 @@ run: index
 test: index
 	$(BIN)/python -m pytest -ra
 
+# Headless Locust run with a pass/fail verdict on the stage budgets; starts (and stops) a server on
+# 127.0.0.1 when none answers at LOADTEST_URL. Reports: reports/loadtest/. Extra Locust options go in
+# LOADTEST_ARGS, e.g. LOADTEST_ARGS='ChatUser --budget total=9000'.
+LOADTEST_URL ?= http://127.0.0.1:8000
+LOADTEST_USERS ?= 4
+LOADTEST_SPAWN_RATE ?= 1
+LOADTEST_TIME ?= 60s
+LOADTEST_ARGS ?=
+
+loadtest: index
+	$(BIN)/python -m loadtests.run --url $(LOADTEST_URL) --users $(LOADTEST_USERS) \
+		--spawn-rate $(LOADTEST_SPAWN_RATE) --time $(LOADTEST_TIME) -- $(LOADTEST_ARGS)
+
+# Every benchmark once, full size (about an hour on 2 cores; see BENCHMARKS.md). Results: benchmarks/results/.
+ANN_VECTORS ?= 1000000
+bench: index
+	$(BIN)/python -m benchmarks.hnsw_params
+	$(BIN)/python -m benchmarks.hnsw_params --synthetic $(ANN_VECTORS)
+	$(BIN)/python -m benchmarks.encoder
+	$(BIN)/python -m benchmarks.retrieval
+	$(BIN)/python -m benchmarks.generation
+	$(BIN)/python -m benchmarks.end_to_end
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy rag_service tests benchmarks
+	$(BIN)/mypy rag_service tests benchmarks loadtests
 
 format: install
 	$(BIN)/ruff format .

@@ -87,7 +87,8 @@ def run_synthetic(args: argparse.Namespace) -> int:
     build_s = time.perf_counter() - started
     # Memory of FAISS's own arrays: the vectors it copied, the graph's neighbour lists (int32) and
     # per-vector levels/offsets. (Process RSS is no good here: freed blocks are reused.)
-    graph_mb = (index.hnsw.neighbors.size() * 4 + n * (4 + 8)) / 2**20
+    links = index.hnsw.neighbors.size()  # type: ignore[attr-defined]
+    graph_mb = (links * 4 + n * (4 + 8)) / 2**20
     # Exact top-10 by brute force over the same vectors (the reference, not the thing measured).
     exact = faiss.knn(queries, base, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
     faiss.omp_set_num_threads(1)  # one query at a time on one thread, as the service searches

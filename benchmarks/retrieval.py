@@ -88,8 +88,8 @@ def load_dataset(
             json.loads(line) for line in (REPO / "loadtests" / "questions.jsonl").read_text().splitlines()
         ]
         queries = [(str(i), r["question"]) for i, r in enumerate(rows)]
-        qrels = {str(i): {r["doc_id"]} for i, r in enumerate(rows)}
-        return spread(queries, max_queries), qrels, None
+        judged = {str(i): {r["doc_id"]} for i, r in enumerate(rows)}
+        return spread(queries, max_queries), judged, None
     folder = SHARED / name
     qrels: dict[str, set[str]] = {}
     for line in (folder / "qrels.tsv").read_text().splitlines()[1:]:

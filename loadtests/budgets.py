@@ -71,17 +71,14 @@ def judge_stages(
     rows: list[StageRow] = []
     names = list(STAGES) + sorted(set(percentiles) - set(STAGES))
     for name in names:
-        count, p50, p95, p99 = percentiles.get(name, (0, None, None, None))  # type: ignore[arg-type]
         budget, source = budgets.get(name, (None, ""))
-        if budget is None:
-            if not count:
-                continue
-            verdict = "-"
-        elif not count:
-            verdict = "no data"
-        else:
-            observed = {"p50": p50, "p95": p95, "p99": p99}[percentile]
-            verdict = "pass" if observed <= budget else "FAIL"
+        if name not in percentiles:
+            if budget is not None:
+                rows.append(StageRow(name, 0, None, None, None, budget, source, "no data"))
+            continue
+        count, p50, p95, p99 = percentiles[name]
+        observed = {"p50": p50, "p95": p95, "p99": p99}[percentile]
+        verdict = "-" if budget is None else "pass" if observed <= budget else "FAIL"
         rows.append(StageRow(name, count, p50, p95, p99, budget, source, verdict))
     return rows
 

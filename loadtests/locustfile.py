@@ -121,6 +121,7 @@ def _server_budgets(host: str) -> dict[str, Any] | None:
 def _test_start(environment: Environment, **_: Any) -> None:
     global SERVER_BUDGETS
     options = environment.parsed_options
+    assert options is not None, "run through Locust's command line"
     QUESTIONS[:] = load_questions(options)
     host = (environment.host or "").rstrip("/")
     SERVER_BUDGETS = _server_budgets(host)
