@@ -252,7 +252,7 @@ def llama_engine(gguf: Path, settings: Settings, max_tokens: int, threads: int) 
         async with one_slot:  # llama-cpp-python holds one sequence at a time
             await asyncio.to_thread(generate, prompt, run, started)
 
-    return one
+    return one, llm
 
 
 def normalize(text: str, first_paragraph: bool) -> str:
@@ -326,10 +326,14 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             )
         finally:
             engine.shutdown()
+            del engine  # its destructor would shut down again at interpreter exit, noisily
     if "llama.cpp" in args.engines:
         gguf = locate_gguf(args.gguf)
-        one = llama_engine(gguf, settings, args.max_tokens, args.threads)
-        results["llama.cpp"] = await measure("llama.cpp", one, args.levels, batches, warm_up)
+        one, llm = llama_engine(gguf, settings, args.max_tokens, args.threads)
+        try:
+            results["llama.cpp"] = await measure("llama.cpp", one, args.levels, batches, warm_up)
+        finally:
+            llm.close()  # now, not in a destructor at interpreter exit (which fails noisily)
 
     record: dict[str, Any] = {
         "max_tokens": args.max_tokens,
