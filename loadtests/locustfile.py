@@ -54,6 +54,7 @@ QUESTIONS: list[str] = []
 INGEST = {"enabled": False, "reason": "not probed yet"}
 CPU = {"started": 0.0, "cpu": 0.0}
 SERVER_BUDGETS: dict[str, Any] | None = None
+DEGRADED: dict[str, int] = {}  # answers the server marked degraded (budgets feature), by reason
 
 
 @events.init_command_line_parser.add_listener
@@ -147,6 +148,12 @@ def _report(environment: Environment, request_type: str, name: str, ms: float) -
     )
 
 
+def count_degraded(answer: dict[str, Any]) -> None:
+    if answer.get("degraded"):
+        reason = str(answer.get("degraded_reason") or "unknown")
+        DEGRADED[reason] = DEGRADED.get(reason, 0) + 1
+
+
 def report_timings(environment: Environment, timings: dict[str, Any], stages: tuple[str, ...]) -> None:
     for stage in stages:
         value = timings.get(stage)
@@ -180,7 +187,9 @@ class ChatUser(_RagUser):
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
                 return
-            report_timings(self.environment, resp.json().get("timings_ms", {}), STAGES)
+            answer = resp.json()
+            count_degraded(answer)
+            report_timings(self.environment, answer.get("timings_ms", {}), STAGES)
 
     @task(3)
     def ask_stream(self) -> None:
@@ -217,6 +226,7 @@ class ChatUser(_RagUser):
             resp.success()
         if json.loads(events_[0]).get("type") == "delta":
             _report(self.environment, CLIENT_TYPE, "client:ttft", ttft_ms)
+        count_degraded(last)
         report_timings(self.environment, last.get("timings_ms", {}), STAGES)
 
 
@@ -317,10 +327,17 @@ def _verdict(environment: Environment, **_: Any) -> None:
         f"Locust's own CPU: {cpu_share:.1%} of one core over {wall:.0f} s "
         f"({cpu_share / (psutil.cpu_count() or 1):.1%} of this machine's {psutil.cpu_count()} CPUs)",
     ]
+    if DEGRADED:
+        lines.append(f"Degraded answers (a budget cut them short): {DEGRADED}")
     if not INGEST["enabled"]:
         lines.append(f"IngestUser: disabled ({INGEST['reason']})")
     print("\n" + "\n".join(lines), flush=True)
     if options.verdict_json:
-        record = {**v.to_json(), "locust_cpu_share_of_one_core": cpu_share, "ingest": dict(INGEST)}
+        record = {
+            **v.to_json(),
+            "locust_cpu_share_of_one_core": cpu_share,
+            "ingest": dict(INGEST),
+            "degraded": dict(DEGRADED),
+        }
         Path(options.verdict_json).write_text(json.dumps(record, indent=2))
     environment.process_exit_code = 0 if v.passed else 1
