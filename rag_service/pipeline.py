@@ -1,8 +1,17 @@
-"""One question through embed -> retrieve -> generate, timing every stage.
+"""One question through embed -> retrieve -> generate, under one deadline and a budget per stage.
 
-``ask_stream`` is the single code path: it yields text deltas and then one final ``Answer``;
-``ask`` just collects it. Stages that run on the CPU (the encoder) run in a worker thread so the
-event loop keeps serving other requests and streaming tokens.
+Every stage runs through ``Stage``: it times the stage, records it (``timings_ms`` and the
+``rag_stage_seconds`` histogram) and enforces its budget, capped by what is left of the request's
+deadline. How each overrun ends:
+
+- embed, retrieve: a thread running a CPU stage cannot be killed, so these are enforced by refusing
+  work that cannot finish in time (no time left -> not started; the embedding queue drops expired
+  questions) and by measuring; over budget -> ``DeadlineExceeded`` (HTTP 504 naming the stage).
+- first token late, or generation over its budget: the request is aborted in vLLM and the answer is
+  *degraded*, not failed: the text so far (possibly none) plus the sources, with the stage named.
+
+``ask_stream`` is the single code path: it yields text deltas and then one final ``Answer``; ``ask``
+just collects it.
 """
 
 from __future__ import annotations
@@ -11,40 +20,106 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
-from rag_service.config import Settings
+from rag_service.config import BudgetSettings, Settings
 from rag_service.encoder import Encoder
-from rag_service.errors import InvalidRequest
+from rag_service.errors import DeadlineExceeded, InvalidRequest
+from rag_service.faults import DelayedGenerator, FaultDelays
 from rag_service.generator import Generator
+from rag_service.metrics import Metrics
+from rag_service.query_batcher import QueryBatcher
 from rag_service.retriever import Retriever
-from rag_service.types import Context, Hit, Usage
+from rag_service.types import Context, GenerationChunk, Hit, Sampling, Usage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BUDGET_FINISH_REASON = "budget"  # finish_reason of an answer cut short by a budget
 
 
-class StageTimer:
-    """Wall-clock milliseconds per stage, plus the total since the request started."""
+class Deadline:
+    """The moment (``time.monotonic()``) by which a request must be answered, fixed at its arrival."""
 
-    def __init__(self) -> None:
-        self._started = time.perf_counter()
+    def __init__(self, total_ms: float, started: float | None = None) -> None:
+        self.started = time.monotonic() if started is None else started
+        self.total_ms = total_ms
+        self.at = self.started + total_ms / 1000
+
+    def remaining_s(self) -> float:
+        return self.at - time.monotonic()
+
+    def elapsed_ms(self) -> float:
+        return round((time.monotonic() - self.started) * 1000, 2)
+
+
+class Stage:
+    """One stage of one request. Its budget ends at ``ends_at``: its own start plus its budget, or
+    the request's deadline if that comes first."""
+
+    def __init__(self, name: str, budget_ms: float, deadline: Deadline, *, cap: float | None = None) -> None:
+        self.name = name
+        self.budget_ms = budget_ms
+        self.started = time.monotonic()
+        self.ends_at = min(
+            self.started + budget_ms / 1000, deadline.at, cap if cap is not None else deadline.at
+        )
+
+    def sub(self, name: str, budget_ms: float, deadline: Deadline) -> Stage:
+        """A budget inside this stage (the first token inside generation), never ending after it."""
+        return Stage(name, budget_ms, deadline, cap=self.ends_at)
+
+    def _overrun(self, why: str) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"the {self.name} stage {why} (its budget is {self.budget_ms:g} ms, capped by the request's "
+            "deadline)",
+            stage=self.name,
+        )
+
+    async def run(self, work: Awaitable[T]) -> T:
+        """Await ``work`` within the stage's budget: not started when no time is left, cancelled at the
+        limit, and refused after the fact if it overran without being interruptible."""
+        limit = self.ends_at - time.monotonic()
+        if limit <= 0:
+            if asyncio.iscoroutine(work):
+                work.close()  # never started: no "coroutine was never awaited" warning
+            raise self._overrun("had no time left to start")
+        try:
+            result = await asyncio.wait_for(work, limit)
+        except TimeoutError:
+            raise self._overrun("ran out of time") from None
+        if time.monotonic() > self.ends_at:
+            raise self._overrun("finished after its budget")
+        return result
+
+
+class RequestTimer:
+    """The request's deadline plus the wall-clock milliseconds of each stage, recorded as metrics too."""
+
+    def __init__(self, deadline: Deadline, metrics: Metrics) -> None:
+        self.deadline = deadline
+        self.metrics = metrics
         self.ms: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+    def stage(self, name: str, budget_ms: float) -> Iterator[Stage]:
+        stage = Stage(name, budget_ms, self.deadline)
         try:
-            yield
+            yield stage
         finally:
-            self.ms[name] = round((time.perf_counter() - start) * 1000, 2)
+            seconds = time.monotonic() - stage.started
+            self.ms[name] = round(seconds * 1000, 2)
+            self.metrics.observe_stage(name, seconds)
 
     def mark(self, name: str) -> None:
-        """Milliseconds from the request's start until now (e.g. the first token)."""
-        self.ms[name] = round((time.perf_counter() - self._started) * 1000, 2)
+        """Milliseconds from the request's start until now (the first token, the total)."""
+        self.ms[name] = self.deadline.elapsed_ms()
+        self.metrics.observe_stage(name, self.ms[name] / 1000)
 
     def finish(self) -> dict[str, float]:
         self.mark("total")
@@ -62,7 +137,17 @@ class AskRequest:
     temperature: float
     stop: list[str]
     context_budget: int
+    deadline: Deadline
+    budgets: BudgetSettings
+    faults: FaultDelays | None = None
     request_id: str = field(default_factory=lambda: f"rag-{uuid.uuid4().hex}")
+    # Optional, set by the OpenAI-compatible chat API (see rag_service/chat.py):
+    # the prompt of a whole conversation built from the packed passages (None: the one-question prompt),
+    build_prompt: Callable[[Sequence[Hit]], list[int]] | None = None
+    # False for plain chat: no embed or retrieve stage, no passages,
+    retrieve: bool = True
+    # and sampling controls beyond temperature (vLLM's defaults when None).
+    sampling: Sampling | None = None
 
 
 @dataclass(slots=True)
@@ -73,6 +158,8 @@ class Answer:
     usage: Usage
     timings_ms: dict[str, float]
     finish_reason: str | None
+    degraded: bool = False
+    degraded_reason: str | None = None  # the stage whose budget cut the answer: first_token, generate
 
 
 @dataclass(slots=True)
@@ -81,30 +168,91 @@ class SearchResult:
     timings_ms: dict[str, float]
 
 
+async def _next_chunk(chunks: AsyncIterator[GenerationChunk]) -> GenerationChunk | None:
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        return None
+
+
 class Pipeline:
     def __init__(
-        self, encoder: Encoder, retriever: Retriever, generator: Generator, settings: Settings
+        self,
+        encoder: Encoder,
+        retriever: Retriever,
+        generator: Generator,
+        settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
         self.encoder = encoder
         self.retriever = retriever
         self.prompts = retriever.prompts
         self.generator = generator
         self.settings = settings
+        self.metrics = metrics or Metrics()
+        batching = settings.batching
+        self.batcher = QueryBatcher(
+            encoder.encode_queries,
+            max_batch_size=batching.max_batch_size if batching.enabled else 1,
+            max_wait_ms=batching.max_wait_ms if batching.enabled else 0.0,
+            on_batch=self.metrics.embed_batch.observe,
+            on_drop=self.metrics.embed_dropped.inc,
+        )
+        self.metrics.watch(self.metrics.embed_queue, lambda: self.batcher.queued)
 
-    async def _embed(self, text: str) -> np.ndarray:
-        vectors = await asyncio.to_thread(self.encoder.encode_queries, [text])
-        return vectors[0]
+    def new_deadline(self, deadline_ms: float | None = None) -> Deadline:
+        """The request's deadline: the server's total, or a tighter one the client asked for."""
+        return Deadline(self.settings.budget.total_ms if deadline_ms is None else deadline_ms)
 
-    async def search(self, query: str, top_k: int) -> SearchResult:
-        timer = StageTimer()
-        with timer.stage("embed"):
-            vector = await self._embed(query)
-        with timer.stage("retrieve"):
-            hits = self.retriever.search(vector, top_k)
+    async def _embed(self, text: str, stage: Stage, faults: FaultDelays | None) -> np.ndarray:
+        if faults is not None and faults.embed:
+            await asyncio.sleep(faults.embed)  # test-only delay before the real encoder
+        return await self.batcher.embed(text, deadline=stage.ends_at)
+
+    async def _search(self, vector: np.ndarray, top_k: int, faults: FaultDelays | None) -> list[Hit]:
+        if faults is not None and faults.retrieve:
+            await asyncio.sleep(faults.retrieve)  # test-only delay before the real index
+        return self.retriever.search(vector, top_k)
+
+    async def _retrieve(self, req: AskRequest, vector: np.ndarray) -> tuple[Context, list[int]]:
+        """Search, packing and prompt assembly: the whole retrieve stage, under its budget."""
+        hits = await self._search(vector, req.top_k, req.faults)
+        context = self.retriever.pack(hits, req.context_budget)
+        return context, self._prompt(req, context)
+
+    def _prompt(self, req: AskRequest, context: Context) -> list[int]:
+        if req.build_prompt is not None:  # a whole conversation (rag_service/chat.py)
+            return req.build_prompt(context.hits)
+        return self.prompts.build(req.question_ids, context.hits)
+
+    async def search(
+        self, query: str, top_k: int, deadline: Deadline | None = None, faults: FaultDelays | None = None
+    ) -> SearchResult:
+        timer = RequestTimer(deadline or self.new_deadline(), self.metrics)
+        budgets = self.settings.budget
+        if faults is not None and faults.admitted:
+            await asyncio.sleep(faults.admitted)
+        try:
+            with timer.stage("embed", budgets.embed_ms) as stage:
+                vector = await stage.run(self._embed(query, stage, faults))
+            with timer.stage("retrieve", budgets.retrieve_ms) as stage:
+                hits = await stage.run(self._search(vector, top_k, faults))
+        except DeadlineExceeded as exc:
+            self.metrics.timeouts.labels(exc.stage).inc()
+            raise
         return SearchResult(hits, timer.finish())
 
     def new_request(
-        self, question: str, *, top_k: int, max_tokens: int, temperature: float, stop: list[str]
+        self,
+        question: str,
+        *,
+        top_k: int,
+        max_tokens: int,
+        temperature: float,
+        stop: list[str],
+        deadline: Deadline | None = None,
+        budgets: BudgetSettings | None = None,
+        faults: FaultDelays | None = None,
     ) -> AskRequest:
         """Checks the question fits the model and fixes the passages' token budget: the configured
         one, capped by what the context holds after the prompt's own tokens and the answer."""
@@ -119,48 +267,100 @@ class Pipeline:
                 param="question",
             )
         budget = min(self.settings.retriever.context_tokens, room)
-        return AskRequest(question, question_ids, top_k, max_tokens, temperature, stop, context_budget=budget)
+        return AskRequest(
+            question,
+            question_ids,
+            top_k,
+            max_tokens,
+            temperature,
+            stop,
+            context_budget=budget,
+            deadline=deadline or self.new_deadline(),
+            budgets=budgets or self.settings.budget,
+            faults=faults,
+        )
 
     async def ask_stream(self, req: AskRequest) -> AsyncGenerator[str | Answer, None]:
         """Yields answer text deltas (str), then exactly one ``Answer``."""
-        timer = StageTimer()
-        with timer.stage("embed"):
-            vector = await self._embed(req.question)
-        with timer.stage("retrieve"):
-            hits = self.retriever.search(vector, req.top_k)
-            context = self.retriever.pack(hits, req.context_budget)
-            prompt_ids = self.prompts.build(req.question_ids, context.hits)
+        timer = RequestTimer(req.deadline, self.metrics)
+        budgets, faults = req.budgets, req.faults
+        if faults is not None and faults.admitted:
+            await asyncio.sleep(faults.admitted)
+        try:
+            if req.retrieve:
+                with timer.stage("embed", budgets.embed_ms) as stage:
+                    vector = await stage.run(self._embed(req.question, stage, faults))
+                with timer.stage("retrieve", budgets.retrieve_ms) as stage:
+                    context, prompt_ids = await stage.run(self._retrieve(req, vector))
+            else:  # plain chat (OpenAI API with retrieval off): no passages
+                context = Context(hits=[], tokens=0, budget=0)
+                prompt_ids = self._prompt(req, context)
+        except DeadlineExceeded as exc:
+            self.metrics.timeouts.labels(exc.stage).inc()
+            raise
 
         usage = Usage(prompt_tokens=len(prompt_ids), context_tokens=context.tokens)
+        self.metrics.context_tokens.observe(context.tokens)
+        generator = self.generator
+        if faults is not None and faults.slows_generation:
+            generator = DelayedGenerator(self.generator, faults)
         parts: list[str] = []
         finish_reason: str | None = None
-        with timer.stage("generate"):
-            chunks = self.generator.stream(
+        degraded_reason: str | None = None
+        with timer.stage("generate", budgets.generate_ms) as generate:
+            first_token = generate.sub("first_token", budgets.first_token_ms, req.deadline)
+            chunks = generator.stream(
                 prompt_ids,
                 max_tokens=req.max_tokens,
                 temperature=req.temperature,
                 stop=req.stop,
                 request_id=req.request_id,
+                sampling=req.sampling,
             )
-            # aclosing: if our caller stops early, the engine request is aborted now, not at GC.
+            # aclosing: however this ends (budget, client gone), the engine request is aborted now.
             async with aclosing(chunks):
-                async for chunk in chunks:
-                    if not parts and chunk.text:
-                        timer.mark("first_token")
-                    usage.completion_tokens = chunk.completion_tokens
-                    finish_reason = chunk.finish_reason or finish_reason
-                    if chunk.text:
-                        parts.append(chunk.text)
-                        yield chunk.text
-        answer = Answer(req.request_id, "".join(parts).strip(), context, usage, timer.finish(), finish_reason)
+                try:
+                    while True:
+                        # Until the first token the tighter first_token budget applies.
+                        stage = generate if parts else first_token
+                        chunk = await stage.run(_next_chunk(chunks))
+                        if chunk is None:
+                            break
+                        if not parts and chunk.text:
+                            timer.mark("first_token")
+                        usage.completion_tokens = chunk.completion_tokens
+                        finish_reason = chunk.finish_reason or finish_reason
+                        if chunk.text:
+                            parts.append(chunk.text)
+                            yield chunk.text
+                except DeadlineExceeded as exc:
+                    # Cancelling the pending chunk closed the stream, which aborted it in vLLM.
+                    degraded_reason, finish_reason = exc.stage, BUDGET_FINISH_REASON
+                    self.metrics.aborts.labels(exc.stage).inc()
+                    self.metrics.degraded.labels(exc.stage).inc()
+                except (GeneratorExit, asyncio.CancelledError):
+                    self.metrics.aborts.labels("client_disconnect").inc()
+                    raise
+        self.metrics.generated_tokens.observe(usage.completion_tokens)
+        answer = Answer(
+            req.request_id,
+            "".join(parts).strip(),
+            context,
+            usage,
+            timer.finish(),
+            finish_reason,
+            degraded=degraded_reason is not None,
+            degraded_reason=degraded_reason,
+        )
         log.info(
-            "answered %s: %s ms, %d context + %d prompt tokens, %d generated (%s)",
+            "answered %s: %s ms, %d context + %d prompt tokens, %d generated (%s)%s",
             req.request_id,
             answer.timings_ms,
             context.tokens,
             usage.prompt_tokens,
             usage.completion_tokens,
             finish_reason,
+            f", degraded: {degraded_reason} over budget" if degraded_reason else "",
         )
         yield answer
 
@@ -169,3 +369,6 @@ class Pipeline:
             if isinstance(item, Answer):
                 return item
         raise RuntimeError("pipeline ended without an answer")
+
+    async def close(self) -> None:
+        await self.batcher.close()

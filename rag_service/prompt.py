@@ -96,3 +96,31 @@ class PromptBuilder:
         """Token ids of the whole chat prompt; ``render`` gives the same text."""
         context = self.context_ids(hits) if hits else self._no_context
         return [*self._head, *context, *self._middle, *question_ids, *self._tail]
+
+    # --- conversations (the OpenAI-compatible chat API, see rag_service/chat.py) ---
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """A whole conversation in the chat template, ending where the assistant's reply starts."""
+        return str(
+            self._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        )
+
+    def chat_pieces(
+        self, system: str, history: Sequence[dict[str, str]]
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Head, middle and tail token ids of a conversation whose last user turn is the RAG turn
+        (passages, then the question), cut around the same markers as the one-question prompt: the
+        passages go between head and middle, the latest question between middle and tail."""
+        last = self.messages(_QUESTION_MARK, _CONTEXT_MARK)[1]
+        rendered = self.render_chat([{"role": "system", "content": system}, *history, last])
+        head, rest = rendered.split(_CONTEXT_MARK)
+        middle, tail = rest.split(_QUESTION_MARK)
+        return self.encode(head), self.encode(middle), self.encode(tail)
+
+    @property
+    def no_context_tokens(self) -> int:
+        return len(self._no_context)
+
+    def context_or_note_ids(self, hits: Sequence[Hit]) -> list[int]:
+        """The passages as they sit in the prompt, or the note standing in for them when none fit."""
+        return self.context_ids(hits) if hits else list(self._no_context)

@@ -49,6 +49,17 @@ class GenerationChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class Sampling:
+    """Sampling controls beyond temperature (the OpenAI API's names), passed to vLLM as given.
+    The defaults are vLLM's own, so a request that leaves them out samples as before."""
+
+    top_p: float = 1.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Document:
     """A source text before chunking."""
 

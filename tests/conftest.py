@@ -97,6 +97,15 @@ def live_server(
         "RAG_GENERATOR__MODEL": settings.generator.model,
         "RAG_INDEX__DIR": str(settings.index.dir),
         "RAG_SERVER__MAX_BODY_BYTES": "65536",
+        # Test-only: honour X-Rag-Fault-Delay (delays added around the real stages, for budget tests).
+        "RAG_FAULTS__ENABLED": "true",
+        # Budgets loose enough that functional tests do not time out or degrade when other work loads
+        # the machine; tests/test_budgets.py breaks budgets on purpose (added delays, tight deadlines).
+        "RAG_BUDGET__EMBED_MS": "2000",
+        "RAG_BUDGET__RETRIEVE_MS": "1000",
+        "RAG_BUDGET__FIRST_TOKEN_MS": "60000",
+        "RAG_BUDGET__GENERATE_MS": "90000",
+        "RAG_BUDGET__TOTAL_MS": "120000",
     }
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -97,3 +97,55 @@ def test_end_to_end_benchmark_smoke(live_server: LiveServer, tmp_path: Path) -> 
     rows = json.loads((tmp_path / "end_to_end.json").read_text())["rows"]
     assert [r["endpoint"] for r in rows] == ["/v1/search", "/v1/ask"]
     assert all(r["requests"] > 0 and r["latency_ms_p50"] <= r["latency_ms_p99"] for r in rows)
+
+
+def test_query_batching_benchmark_smoke(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.query_batching",
+            "--smoke",
+            "--concurrency",
+            "1",
+            "8",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on/off ratios" in result.stdout
+    report = json.loads((tmp_path / "query_batching.json").read_text())
+    assert {(r["mode"], r["concurrency"]) for r in report["rows"]} == {
+        (mode, c) for mode in ("on", "off", "direct") for c in (1, 8)
+    }
+    assert all(r["queries_per_s"] > 0 for r in report["rows"])
+
+
+def test_overload_benchmark_smoke(tmp_path: Path, live_server: LiveServer) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.overload",
+            "--smoke",
+            "--url",
+            live_server.url,
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "overload.json").read_text())
+    burst = report["burst"]
+    assert burst["admitted"] + burst["rejected_429"] == burst["burst"]
+    assert burst["answered_200"] <= burst["admitted"]
+    assert set(report["budgets_ms"]) == {"embed", "retrieve", "first_token", "generate", "total"}

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from rag_service import __version__
 from rag_service.api.body_limit import BodySizeLimit
 from rag_service.api.errors import install_error_handlers
+from rag_service.api.openai_routes import router as openai_router
 from rag_service.api.responses import OrjsonResponse
 from rag_service.api.routes import router
 from rag_service.config import Settings
@@ -30,6 +31,7 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
+            await service.close()
             service.shutdown()
 
     app = FastAPI(
@@ -41,5 +43,6 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(openai_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     return app

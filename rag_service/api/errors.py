@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from rag_service.api.responses import OrjsonResponse
-from rag_service.errors import NotReady, RagError, Unauthorized
+from rag_service.errors import NotReady, Overloaded, RagError, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ def rag_error_response(exc: RagError) -> OrjsonResponse:
         headers = {"Retry-After": RETRY_AFTER_NOT_READY_S}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, Overloaded):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     return OrjsonResponse(
         error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status, headers=headers
     )

@@ -30,6 +30,11 @@ class AskBody(_Strict):
         description="Strings that end the answer (at most 4); the server's default when absent, [] for none.",
     )
     stream: bool = Field(False, description="Answer as Server-Sent Events.")
+    deadline_ms: int | None = Field(
+        None,
+        ge=1,
+        description="A tighter total deadline for this request, in ms (at most RAG_BUDGET__TOTAL_MS).",
+    )
 
     _check_question = field_validator("question")(_not_blank)
 
@@ -50,6 +55,11 @@ class AskBody(_Strict):
 class SearchBody(_Strict):
     query: str = Field(description="Text to find passages for.")
     top_k: int | None = Field(None, ge=1, description="Hits to return (server default if absent).")
+    deadline_ms: int | None = Field(
+        None,
+        ge=1,
+        description="A tighter total deadline for this request, in ms (at most RAG_BUDGET__TOTAL_MS).",
+    )
 
     _check_query = field_validator("query")(_not_blank)
 

@@ -1,0 +1,119 @@
+"""Prometheus collectors of the service, rendered by ``GET /metrics`` in the text format.
+
+A leaf module: it imports nothing of ours, and components receive a ``Metrics`` (or nothing) rather
+than importing it. Each ``Metrics`` has its own registry, so several apps in one process (tests)
+do not collide; ``render`` appends the process-wide default registry, where vLLM registers its own
+``vllm:*`` engine metrics (running/waiting requests, tokens, aborts by finish reason).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Seconds: from sub-millisecond (retrieve) to the longest total deadline worth distinguishing.
+STAGE_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    3.0,
+    5.0,
+    8.0,
+    10.0,
+    15.0,
+    30.0,
+)
+TOKEN_BUCKETS = (0, 1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.stage_seconds = Histogram(
+            "rag_stage_seconds",
+            "Wall time of each pipeline stage (first_token and total are measured from the request's start).",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "rag_requests", "Finished requests by route and outcome.", ["route", "outcome"], registry=r
+        )
+        self.degraded = Counter(
+            "rag_degraded_answers", "Answers cut short by a budget, by the stage cut.", ["stage"], registry=r
+        )
+        self.timeouts = Counter(
+            "rag_stage_timeouts", "Requests failed because a stage ran out of budget.", ["stage"], registry=r
+        )
+        self.aborts = Counter(
+            "rag_generation_aborts",
+            "Generations aborted in vLLM, by reason (first_token, generate, client_disconnect).",
+            ["reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge("rag_in_flight_requests", "Requests admitted and running.", registry=r)
+        self.queued = Gauge("rag_queued_requests", "Requests waiting for an admission slot.", registry=r)
+        self.embed_queue = Gauge(
+            "rag_embed_queue_length", "Questions waiting in the embedding micro-batch queue.", registry=r
+        )
+        self.embed_batch = Histogram(
+            "rag_embed_batch_size", "Questions encoded per forward pass.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.embed_dropped = Counter(
+            "rag_embed_dropped",
+            "Questions dropped from the embedding queue because their deadline had passed.",
+            registry=r,
+        )
+        self.context_tokens = Histogram(
+            "rag_context_tokens",
+            "Generator tokens of passages per prompt.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.generated_tokens = Histogram(
+            "rag_generated_tokens", "Tokens generated per answer.", buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.index_passages = Gauge("rag_index_passages", "Passages in the served index.", registry=r)
+        self.engine_unfinished = Gauge(
+            "rag_engine_unfinished_requests",
+            "Requests vLLM's engine still holds (0 after an abort took effect, when idle).",
+            registry=r,
+        )
+        self.cold_start = Gauge(
+            "rag_cold_start_seconds", "Seconds from start until ready (warm-up included).", registry=r
+        )
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(stage).observe(seconds)
+
+    def request_done(self, route: str, outcome: str) -> None:
+        self.requests.labels(route, outcome).inc()
+
+    def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Make ``gauge`` read its value from a component at scrape time."""
+        gauge.set_function(read)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry) + generate_latest(REGISTRY)

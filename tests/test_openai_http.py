@@ -1,0 +1,326 @@
+"""The OpenAI-compatible API on the wire: SSE framing, error shapes, disconnects, the API key.
+
+Most tests talk raw HTTP to the live server (real encoder, FAISS and vLLM). Two things cannot be
+produced on demand by a healthy server, and are checked on a small second server without vLLM:
+the API key (a second vLLM engine only for that would cost ~40 s of CPU) and an error in the middle
+of a stream (see ``test_error_mid_stream_*``).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from openai.types.chat import ChatCompletionMessageParam
+from pydantic import SecretStr
+
+from rag_service.api import build_app
+from rag_service.api.errors import install_error_handlers
+from rag_service.api.openai_routes import _chunks
+from rag_service.chat import ChatPlan
+from rag_service.config import BudgetSettings
+from rag_service.errors import GenerationFailed
+from rag_service.metrics import Metrics
+from rag_service.pipeline import Answer, AskRequest, Deadline
+from tests.conftest import LiveServer, repo_settings
+
+CHAT_MODEL = "smollm2-135m-instruct"
+ASK: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What happens when a break statement is executed inside a loop?"}
+]
+
+
+@pytest.fixture(scope="module")
+def client(live_server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server.url, timeout=120) as c:
+        yield c
+
+
+def _assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if code:
+        assert error["code"] == code
+    return error
+
+
+def _frames(raw: bytes) -> list[bytes]:
+    """SSE as OpenAI sends it: only ``data: <json>`` events, each ending in a blank line."""
+    assert raw.endswith(b"\n\n")
+    frames = raw.split(b"\n\n")[:-1]
+    assert all(f.startswith(b"data: ") and b"\n" not in f for f in frames), frames
+    return [f.removeprefix(b"data: ") for f in frames]
+
+
+# --- SSE framing --------------------------------------------------------------------------------
+
+
+def test_stream_framing(client: httpx.Client) -> None:
+    body = {"model": CHAT_MODEL, "messages": ASK, "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-request-id"].startswith("rag-")
+        frames = _frames(r.read())
+    assert frames[-1] == b"[DONE]"
+    chunks = [orjson.loads(f) for f in frames[:-1]]
+    first, *middle, final, usage = chunks
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(set(c["choices"][0]["delta"]) == {"content"} for c in middle) and middle
+    assert final["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    assert {"sources", "timings_ms", "context", "degraded", "degraded_reason"} <= set(final)
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] > 0
+    assert all(c["usage"] is None for c in chunks[:-1])
+    for c in chunks:
+        assert c["object"] == "chat.completion.chunk" and c["model"] == CHAT_MODEL
+        assert c["id"] == first["id"] and c["created"] == first["created"]
+
+
+def test_bad_stream_request_is_a_json_error_not_a_stream(client: httpx.Client) -> None:
+    body = {"model": CHAT_MODEL, "messages": ASK, "stream": True, "temperature": -1}
+    _assert_error(client.post("/v1/chat/completions", json=body), 400)
+
+
+# --- error shapes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({}, "model"),
+        ({"model": CHAT_MODEL}, "messages"),
+        ({"model": CHAT_MODEL, "messages": []}, "messages"),
+        ({"model": CHAT_MODEL, "messages": "hi"}, "messages"),
+        ({"model": CHAT_MODEL, "messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+        ({"model": CHAT_MODEL, "messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"model": CHAT_MODEL, "messages": [{"role": "user", "content": " "}]}, "messages"),
+        ({"model": CHAT_MODEL, "messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
+        (
+            {
+                "model": CHAT_MODEL,
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+            },
+            "messages[0].content",
+        ),
+        (
+            {"model": CHAT_MODEL, "messages": [{"role": "tool", "content": "1", "tool_call_id": "a"}]},
+            "messages[0].role",
+        ),
+        ({"model": CHAT_MODEL, "messages": ASK, "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"model": CHAT_MODEL, "messages": ASK, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": CHAT_MODEL, "messages": ASK, "seed": 2**64}, "seed"),
+        ({"model": CHAT_MODEL, "messages": ASK, "max_tokens": 5, "max_completion_tokens": 6}, "max_tokens"),
+        ({"model": CHAT_MODEL, "messages": ASK, "logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"model": CHAT_MODEL, "messages": ASK, "store": True}, "store"),
+        ({"model": CHAT_MODEL, "messages": ASK, "stream": "yes"}, "stream"),
+        ({"model": "sentence-transformers/all-MiniLM-L6-v2", "input": ["ok", 3]}, None),
+    ],
+)
+def test_bad_requests_get_the_openai_error_envelope(
+    client: httpx.Client, payload: dict, param: str | None
+) -> None:
+    path = "/v1/embeddings" if "input" in payload else "/v1/chat/completions"
+    error = _assert_error(client.post(path, json=payload), 400)
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param
+
+
+def test_accepted_bookkeeping_fields_and_text_parts(client: httpx.Client) -> None:
+    body = {
+        "model": CHAT_MODEL,
+        "messages": [
+            {"role": "developer", "content": "Answer in one sentence."},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "What does the pass statement do?"}],
+                "name": "ann",
+            },
+        ],
+        "user": "user-1",
+        "metadata": {"session": "s1"},
+        "service_tier": "auto",
+        "parallel_tool_calls": True,
+        "tool_choice": "none",
+        "n": 1,
+        "logprobs": False,
+        "response_format": {"type": "text"},
+        "max_tokens": 12,
+    }
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["sources"][0]["doc_id"] == "pyref:pass"
+
+
+def test_unknown_model_and_invalid_json(client: httpx.Client) -> None:
+    error = _assert_error(client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": ASK}), 404)
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    r = client.post(
+        "/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"}
+    )
+    _assert_error(r, 400)
+    _assert_error(client.get("/v1/models/nope"), 404, "model_not_found")
+
+
+# --- client disconnect aborts the generation ----------------------------------------------------
+
+
+def _wait_for_abort(live_server: LiveServer, text: str, before: int = 0) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if live_server.log_text().count(text) > before:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{text!r} did not appear in the server log: the generation was not aborted")
+
+
+def test_disconnect_mid_stream_aborts_generation(client: httpx.Client, live_server: LiveServer) -> None:
+    body = {"model": CHAT_MODEL, "messages": ASK, "stream": True, "max_tokens": 500, "stop": []}
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        request_id = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if '"content":"' in line and '"role"' not in line:
+                break  # got a token: hang up mid-answer
+    _wait_for_abort(live_server, f"aborted generation {request_id}")
+
+
+def test_disconnect_aborts_a_non_streamed_completion(client: httpx.Client, live_server: LiveServer) -> None:
+    before = live_server.log_text().count("aborted generation")
+    body = {"model": CHAT_MODEL, "messages": ASK, "max_tokens": 500, "stop": []}
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/v1/chat/completions", json=body, timeout=httpx.Timeout(120, read=2.5))
+    _wait_for_abort(live_server, "aborted generation", before)
+
+
+# --- a small second server without vLLM ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _serve(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a thread, without its lifespan: nothing is loaded."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "test server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_api_key_is_required_when_configured() -> None:
+    settings = repo_settings().model_copy(update={"api_key": SecretStr("s3cret")})
+    # The app's lifespan is off: the service never loads, so chat answers 503 (not ready) once past the key.
+    with _serve(build_app(settings)) as url:
+        good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0, timeout=30)
+        assert [m.id for m in good.models.list().data] == [
+            CHAT_MODEL,
+            "sentence-transformers/all-MiniLM-L6-v2",
+        ]
+        with pytest.raises(openai.InternalServerError) as not_ready:
+            good.chat.completions.create(model=CHAT_MODEL, messages=ASK)
+        assert not_ready.value.status_code == 503 and not_ready.value.code == "not_ready"
+        bad = openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0, timeout=30)
+        with pytest.raises(openai.AuthenticationError) as err:
+            bad.models.list()
+        good.close()
+        bad.close()
+        assert err.value.status_code == 401 and err.value.code == "invalid_api_key"
+        for method, path in [
+            ("GET", "/v1/models"),
+            ("GET", f"/v1/models/{CHAT_MODEL}"),
+            ("POST", "/v1/chat/completions"),
+            ("POST", "/v1/embeddings"),
+        ]:
+            r = httpx.request(method, url + path, json={})
+            error = _assert_error(r, 401)
+            assert error["type"] == "authentication_error" and r.headers["www-authenticate"] == "Bearer"
+        # Our own read-only API stays open.
+        assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+async def _failing_pipeline_stream(req: AskRequest) -> AsyncIterator[str | Answer]:
+    """Two real-looking deltas, then the error the real generator raises when the vLLM engine fails
+    mid-answer (a healthy engine cannot be made to fail on demand)."""
+    yield "The loop"
+    yield " ends"
+    raise GenerationFailed("generation failed: EngineDeadError: engine core died")
+
+
+class _FailingPipeline:
+    ask_stream = staticmethod(_failing_pipeline_stream)
+
+
+def _failing_app() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+    req = AskRequest("q", [], 4, 16, 0.0, [], 0, deadline=Deadline(15_000), budgets=BudgetSettings())
+    plan = ChatPlan("q", lambda hits: [], 0, 0, 0)
+    head = {"id": "chatcmpl-x", "created": 1, "model": CHAT_MODEL, "system_fingerprint": None}
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> StreamingResponse:
+        pipeline: Any = _FailingPipeline()
+        return StreamingResponse(
+            _chunks(Metrics(), pipeline, req, plan, head, True), media_type="text/event-stream"
+        )
+
+    return app
+
+
+def test_error_mid_stream_is_an_error_event_then_done() -> None:
+    with _serve(_failing_app()) as url:
+        raw = httpx.post(f"{url}/v1/chat/completions", json={}).content
+    frames = _frames(raw)
+    assert frames[-1] == b"[DONE]"
+    events = [orjson.loads(f) for f in frames[:-1]]
+    assert [e["choices"][0]["delta"].get("content") for e in events[1:3]] == ["The loop", " ends"]
+    assert events[-1] == {
+        "error": {
+            "message": "generation failed: EngineDeadError: engine core died",
+            "type": "generation_error",
+            "code": "generation_failed",
+            "param": None,
+        }
+    }
+
+
+def test_error_mid_stream_raises_in_the_official_client() -> None:
+    with _serve(_failing_app()) as url:
+        received = []
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
+            stream = client.chat.completions.create(model=CHAT_MODEL, messages=ASK, stream=True)
+            with pytest.raises(openai.APIError) as err:
+                for chunk in stream:
+                    received.append(chunk.choices[0].delta.content if chunk.choices else None)
+    assert received == ["", "The loop", " ends"]
+    assert "engine core died" in err.value.message
+    assert isinstance(err.value.body, dict) and err.value.body["code"] == "generation_failed"
