@@ -11,7 +11,6 @@ from rag_service.encoder import Encoder
 from rag_service.hardware import cuda_devices, encoder_dtype, faiss_gpus, index_backend, torch_device
 
 HAS_CUDA = cuda_devices() > 0
-gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here (the CPU build of torch sees none)")
 
 
 @pytest.mark.parametrize(
@@ -69,7 +68,7 @@ def test_half_precision_encoder_stays_close_and_normalized(encoder: Encoder) -> 
     assert (a * b).sum(axis=1).min() > 0.99
 
 
-@gpu
+@pytest.mark.gpu
 def test_encoder_on_cuda_in_float16_matches_the_cpu(encoder: Encoder) -> None:
 
     cuda = Encoder(EncoderSettings(device="cuda"))

@@ -13,7 +13,6 @@ from rag_service.config import IndexSettings
 from rag_service.corpus import read_jsonl
 from rag_service.encoder import Encoder
 from rag_service.errors import IndexUnavailable
-from rag_service.hardware import faiss_gpus
 from rag_service.index import MANIFEST_FILE, HnswIndex, IndexSpec
 from tests.conftest import scifact_dir
 
@@ -140,7 +139,7 @@ def test_a_snapshot_of_another_backend_is_not_loaded(encoder: Encoder, tmp_path:
         HnswIndex.load(tmp_path, _spec(encoder), IndexSettings(backend="flat"))
 
 
-@pytest.mark.skipif(faiss_gpus() == 0, reason="FAISS sees no GPU here (faiss-cpu, or no CUDA device)")
+@pytest.mark.gpu
 def test_gpu_flat_backend_matches_exact_and_snapshots_as_a_cpu_index(
     scifact_vectors: tuple[np.ndarray, np.ndarray], encoder: Encoder, tmp_path: Path
 ) -> None:
