@@ -8,7 +8,7 @@ EXTRAS ?= cpu,dev,load
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install models index run test lint format clean compose-tool
+.PHONY: install models index run test loadtest loadtest-run bench lint format clean compose-tool
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 install: $(STAMP)
+
+# The benchmark suite's peers (bm25s, llama-cpp-python: compiled once, ~8 min on 2 cores, then cached by
+# pip). Only `make test` and `make bench` need them, so `make run` stays quick to set up.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -e '.[bench]'
+	$(BIN)/python -c "from transformers import LlamaConfig"
+	@touch $@
 
 models: install
 	$(BIN)/rag-service prepare-models
@@ -41,13 +49,43 @@ compose-tool:
 	       && echo "installed docker-compose for the deployment tests"; } \
 	  || echo "docker-compose not available: the deployment tests will be skipped"
 
-test: index compose-tool
+test: index compose-tool $(BENCH_STAMP)
 	$(BIN)/python -m pytest -ra
+
+# Headless Locust run with a pass/fail verdict on the stage budgets; starts (and stops) a server on
+# 127.0.0.1 when none answers at LOADTEST_URL. Reports: reports/loadtest/. Extra Locust options go in
+# LOADTEST_ARGS, e.g. LOADTEST_ARGS='ChatUser --budget total=9000'.
+LOADTEST_URL ?= http://127.0.0.1:8000
+LOADTEST_USERS ?= 4
+LOADTEST_SPAWN_RATE ?= 1
+LOADTEST_TIME ?= 60s
+LOADTEST_ARGS ?=
+
+loadtest: index
+	$(BIN)/python -m loadtests.run --url $(LOADTEST_URL) --users $(LOADTEST_USERS) \
+		--spawn-rate $(LOADTEST_SPAWN_RATE) --time $(LOADTEST_TIME) -- $(LOADTEST_ARGS)
+
+# The same run against a server that is already up at HOST, with no local setup (the compose `locust`
+# service: `make loadtest-run HOST=http://rag:8000`).
+HOST ?= $(LOADTEST_URL)
+loadtest-run:
+	$(BIN)/python -m loadtests.run --url $(HOST) --users $(LOADTEST_USERS) \
+		--spawn-rate $(LOADTEST_SPAWN_RATE) --time $(LOADTEST_TIME) -- $(LOADTEST_ARGS)
+
+# Every benchmark once, full size (about an hour on 2 cores; see BENCHMARKS.md). Results: benchmarks/results/.
+ANN_VECTORS ?= 1000000
+bench: index $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.hnsw_params
+	$(BIN)/python -m benchmarks.hnsw_params --synthetic $(ANN_VECTORS)
+	$(BIN)/python -m benchmarks.encoder
+	$(BIN)/python -m benchmarks.retrieval
+	$(BIN)/python -m benchmarks.generation
+	$(BIN)/python -m benchmarks.end_to_end
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy rag_service tests benchmarks
+	$(BIN)/mypy rag_service tests benchmarks loadtests
 
 format: install
 	$(BIN)/ruff format .

@@ -1,11 +1,18 @@
-"""HNSW parameters on SciFact: recall@10 against exact search, nDCG@10, query latency, build time.
+"""HNSW parameters: recall@10 against exact search, query latency across efSearch, build time.
 
-The measurement behind the index defaults (M=32, efConstruction=200, efSearch=64).
+On SciFact (the measurement behind the index defaults M=32, efConstruction=200, efSearch=64), with
+nDCG@10 beside exact search:
 
     .venv/bin/python benchmarks/hnsw_params.py [--data ../shared/data/scifact]
 
-Prints a table and writes benchmarks/results/hnsw_params.json. Encoding the 5,183 abstracts takes
-about 3-4 minutes on 2 cores; the vectors are cached in benchmarks/results/ for later runs.
+On N synthetic 384-d vectors (the ANN scale test; build time and memory too):
+
+    .venv/bin/python benchmarks/hnsw_params.py --synthetic 1000000
+
+Prints a table and writes benchmarks/results/hnsw_params.json (or ann_synthetic_<N>.json). Encoding
+the 5,183 abstracts takes about 3-4 minutes on 2 cores; the vectors are cached in benchmarks/results/
+for later runs. Synthetic vectors are a Gaussian mixture (``--clusters`` centres, normalized), so
+neighbourhoods exist as in real embeddings; queries are fresh draws from the same mixture.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +34,8 @@ from rag_service.encoder import Encoder
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 GRID = [(32, 40, 16), (32, 200, 16), (32, 200, 32), (32, 200, 64), (32, 200, 128)]
+SYNTHETIC_EF_SEARCH = [16, 32, 64, 128, 256]
+ADD_BATCH = 20_000  # vectors per FAISS add call: one progress tick each
 
 
 def ndcg_at_10(
@@ -42,6 +52,98 @@ def ndcg_at_10(
     return total / len(query_ids)
 
 
+def synthetic_vectors(n: int, dim: int, clusters: int, spread: float, seed: int) -> np.ndarray:
+    """Normalized float32 draws from a Gaussian mixture, generated in blocks to bound memory."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        stop = min(n, start + 100_000)
+        block = centres[rng.integers(0, clusters, stop - start)]
+        block += rng.standard_normal(block.shape, dtype=np.float32) * spread
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        out[start:stop] = block
+    return out
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    """HNSW at scale on synthetic vectors: build time and memory, then recall@10 vs exact and
+    single-query latency for each efSearch."""
+    import faiss
+    from tqdm import tqdm
+
+    n, dim = args.synthetic, args.dim
+    print(f"generating {n:,} synthetic {dim}-d vectors ({args.clusters} clusters)", flush=True)
+    base = synthetic_vectors(n, dim, args.clusters, args.spread, seed=0)
+    queries = synthetic_vectors(args.queries, dim, args.clusters, args.spread, seed=1)
+    faiss.omp_set_num_threads(args.threads)
+    index = faiss.IndexHNSWFlat(dim, args.m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = args.ef_construction
+    started = time.perf_counter()
+    with tqdm(total=n, desc=f"HNSW build ({args.threads} threads)", unit="vec") as bar:
+        for start in range(0, n, ADD_BATCH):
+            index.add(base[start : start + ADD_BATCH])
+            bar.update(min(ADD_BATCH, n - start))
+    build_s = time.perf_counter() - started
+    # Memory of FAISS's own arrays: the vectors it copied, the graph's neighbour lists (int32) and
+    # per-vector levels/offsets. (Process RSS is no good here: freed blocks are reused.)
+    links = index.hnsw.neighbors.size()  # type: ignore[attr-defined]
+    graph_mb = (links * 4 + n * (4 + 8)) / 2**20
+    # Exact top-10 by brute force over the same vectors (the reference, not the thing measured).
+    exact = faiss.knn(queries, base, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    faiss.omp_set_num_threads(1)  # one query at a time on one thread, as the service searches
+    rows = []
+    for ef_search in args.ef_search:
+        index.hnsw.efSearch = ef_search
+        times = []
+        found = []
+        for i in range(len(queries)):
+            t0 = time.perf_counter()
+            found.append(index.search(queries[i : i + 1], 10)[1][0])
+            times.append((time.perf_counter() - t0) * 1000)
+        recall = float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(found, exact, strict=True)]))
+        rows.append(
+            {
+                "ef_search": ef_search,
+                "recall@10": recall,
+                "query_ms_p50": float(np.percentile(times, 50)),
+                "query_ms_p99": float(np.percentile(times, 99)),
+            }
+        )
+    vectors_mb = n * dim * 4 / 2**20
+    index_mb = vectors_mb + graph_mb
+    print(
+        f"\n{n:,} synthetic {dim}-d vectors, HNSW M={args.m} efConstruction={args.ef_construction}: "
+        f"build {build_s:.1f} s on {args.threads} threads ({n / build_s:,.0f} vectors/s), "
+        f"index memory {index_mb:,.0f} MB (vectors {vectors_mb:,.0f} MB + graph {graph_mb:,.0f} MB); "
+        f"{len(queries)} queries, exact = brute-force inner product (faiss.knn)"
+    )
+    print(f"{'efSearch':>8} {'recall@10':>9} {'query ms p50':>12} {'p99':>8}")
+    for r in rows:
+        print(
+            f"{r['ef_search']:>8} {r['recall@10']:>9.4f} {r['query_ms_p50']:>12.3f} {r['query_ms_p99']:>8.3f}"
+        )
+    out = args.out / f"ann_synthetic_{n}.json"
+    record = {
+        "vectors": n,
+        "dim": dim,
+        "clusters": args.clusters,
+        "spread": args.spread,
+        "queries": len(queries),
+        "hnsw_m": args.m,
+        "ef_construction": args.ef_construction,
+        "build_threads": args.threads,
+        "build_s": build_s,
+        "index_mb": index_mb,
+        "raw_vectors_mb": vectors_mb,
+        "graph_mb": graph_mb,
+        "rows": rows,
+    }
+    out.write_text(json.dumps(record, indent=2))
+    print(f"\nwritten to {out}")
+    return 0
+
+
 def main() -> int:
     import faiss
 
@@ -51,7 +153,28 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "scifact")
     parser.add_argument("--docs", type=int, default=0, help="use only the first N abstracts (smoke runs)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and the vector cache")
+    synthetic = parser.add_argument_group("synthetic vectors (instead of SciFact)")
+    synthetic.add_argument(
+        "--synthetic", type=int, default=0, help="number of synthetic vectors (e.g. 1000000)"
+    )
+    synthetic.add_argument("--dim", type=int, default=384, help="vector dimension (MiniLM: 384)")
+    synthetic.add_argument("--clusters", type=int, default=1000, help="Gaussian mixture components")
+    synthetic.add_argument(
+        "--spread", type=float, default=0.5, help="noise around each centre, relative to the centres' scale"
+    )
+    synthetic.add_argument("--queries", type=int, default=200, help="queries measured")
+    synthetic.add_argument("--m", type=int, default=32, help="HNSW M")
+    synthetic.add_argument("--ef-construction", type=int, default=200, help="HNSW efConstruction")
+    synthetic.add_argument(
+        "--ef-search", type=lambda s: [int(x) for x in s.split(",")], default=SYNTHETIC_EF_SEARCH
+    )
+    synthetic.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="FAISS threads for the build"
+    )
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.synthetic:
+        return run_synthetic(args)
     if not (args.data / "corpus.jsonl").is_file():
         print(f"no SciFact data at {args.data}: nothing to measure", file=sys.stderr)
         return 2

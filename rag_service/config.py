@@ -109,6 +109,13 @@ class GeneratorSettings(BaseModel):
 
 
 class IndexSettings(BaseModel):
+    backend: Literal["auto", "hnsw", "flat", "gpu-flat"] = Field(
+        "auto",
+        description=(
+            "Vector index: auto = exact flat search on the GPU when faiss-gpu sees one (FAISS has no HNSW "
+            "on GPUs), else HNSW on the CPU; flat = exact search on the CPU."
+        ),
+    )
     dir: Path = Field(Path("indexes"), description="Folder holding one sub-folder per index.")
     name: str = Field("default", description="Index served by the API (a sub-folder of the index dir).")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree M (links per node).")

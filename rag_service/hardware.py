@@ -11,6 +11,7 @@ from typing import Literal
 
 TorchDevice = Literal["cpu", "cuda"]
 EncoderDtype = Literal["float32", "float16", "bfloat16"]
+IndexBackend = Literal["hnsw", "flat", "gpu-flat"]
 
 
 def cuda_devices() -> int:
@@ -55,3 +56,17 @@ def encoder_dtype(requested: str, device: TorchDevice) -> EncoderDtype:
             raise ValueError("float16 on the CPU is slow and imprecise: use float32 or bfloat16")
         return requested  # type: ignore[return-value]
     raise ValueError(f"unknown encoder dtype {requested!r}")
+
+
+def index_backend(requested: str, available_gpus: int) -> IndexBackend:
+    """``auto``: exact flat search on the GPU when faiss-gpu sees one (FAISS has no HNSW on GPUs), else
+    HNSW on the CPU. ``flat`` is exact search on the CPU (small corpora, reference runs)."""
+    if requested == "auto":
+        return "gpu-flat" if available_gpus > 0 else "hnsw"
+    if requested == "gpu-flat":
+        if available_gpus == 0:
+            raise ValueError("index backend 'gpu-flat' requested but FAISS sees no GPU (faiss-cpu?)")
+        return "gpu-flat"
+    if requested in ("hnsw", "flat"):
+        return requested  # type: ignore[return-value]
+    raise ValueError(f"unknown index backend {requested!r}: use auto, hnsw, flat or gpu-flat")

@@ -42,6 +42,7 @@ import numpy as np
 
 from rag_service.config import IndexSettings
 from rag_service.errors import IndexUnavailable
+from rag_service.hardware import IndexBackend, faiss_gpus, index_backend
 from rag_service.store import STORE_FILE, DocumentStore
 from rag_service.types import Hit, Passage
 
@@ -139,23 +140,44 @@ class ReadWriteLock:
 
 
 class HnswIndex:
-    """FAISS ``IndexIDMap2(IndexHNSWFlat)`` over normalized vectors (inner product = cosine); ids are
-    the store's vector ids."""
+    """FAISS ``IndexIDMap2`` over normalized vectors (inner product = cosine); ids are the store's
+    vector ids. The vectors sit in an ``IndexHNSWFlat`` on the CPU (the default), or in an exact flat
+    index: ``flat`` on the CPU, ``gpu-flat`` on a GPU (FAISS has no HNSW on GPUs; a flat scan there is
+    exact, needs no training and takes incremental adds, unlike IVF or CAGRA). Snapshots are always
+    CPU indexes, so the persistence and manifest are the same on every backend."""
 
-    def __init__(self, spec: IndexSpec, settings: IndexSettings, faiss_index: Any = None) -> None:
+    def __init__(
+        self,
+        spec: IndexSpec,
+        settings: IndexSettings,
+        faiss_index: Any = None,
+        backend: IndexBackend | None = None,
+    ) -> None:
         import faiss
 
         self.spec = spec
         self.settings = settings
+        self.backend: IndexBackend = backend or index_backend(settings.backend, faiss_gpus())
         if faiss_index is None:
-            hnsw = faiss.IndexHNSWFlat(spec.dimension, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            hnsw.hnsw.efConstruction = settings.ef_construction
-            faiss_index = faiss.IndexIDMap2(hnsw)
+            faiss_index = faiss.IndexIDMap2(self._new_storage())
+        elif self.backend == "gpu-flat":
+            faiss_index = _to_gpu(faiss_index)
         self._index = faiss_index
         inner: Any = faiss.downcast_index(faiss_index.index)
-        inner.hnsw.efSearch = settings.ef_search
+        if self.backend == "hnsw":
+            inner.hnsw.efSearch = settings.ef_search
         self._inner = inner  # keeps the inner index referenced as long as the wrapper
         self._lock = ReadWriteLock()
+
+    def _new_storage(self) -> Any:
+        import faiss
+
+        if self.backend == "hnsw":
+            hnsw = faiss.IndexHNSWFlat(self.spec.dimension, self.settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = self.settings.ef_construction
+            return hnsw
+        flat = faiss.IndexFlatIP(self.spec.dimension)
+        return _to_gpu_storage(flat) if self.backend == "gpu-flat" else flat
 
     @property
     def ntotal(self) -> int:
@@ -205,7 +227,8 @@ class HnswIndex:
             "dimension": self.spec.dimension,
             "metric": self.spec.metric,
             "normalized": self.spec.normalized,
-            "index_type": "IndexIDMap2(IndexHNSWFlat)",
+            "index_type": INDEX_TYPES[self.backend],
+            "backend": self.backend,
             "hnsw_m": self.settings.hnsw_m,
             "ef_construction": self.settings.ef_construction,
             "count": self.ntotal,
@@ -220,7 +243,8 @@ class HnswIndex:
         import faiss
 
         with self._lock.read():
-            data = bytes(faiss.serialize_index(self._index).tobytes())
+            on_cpu = _to_cpu(self._index) if self.backend == "gpu-flat" else self._index
+            data = bytes(faiss.serialize_index(on_cpu).tobytes())
             file = f"index-{applied_seq:012d}-{self.ntotal}.faiss"
             return data, self.manifest(applied_seq, file)
 
@@ -234,6 +258,13 @@ class HnswIndex:
 
         manifest = read_manifest(folder)
         check_spec(manifest, expected, folder)
+        backend = index_backend(settings.backend, faiss_gpus())
+        if manifest.get("index_type") != INDEX_TYPES[backend]:
+            # Another backend's snapshot (e.g. moved from a GPU machine): rebuilt from the database.
+            raise IndexUnavailable(
+                f"snapshot at {folder} is a {manifest.get('index_type')}, the configured backend "
+                f"{backend!r} uses {INDEX_TYPES[backend]}"
+            )
         path = folder / str(manifest.get("file", ""))
         if manifest.get("format") != FORMAT or not path.is_file():
             raise IndexUnavailable(f"snapshot at {folder} is missing or in an old format")
@@ -243,7 +274,34 @@ class HnswIndex:
                 f"index at {folder} holds {faiss_index.ntotal} vectors "
                 f"but its manifest says {manifest.get('count')}"
             )
-        return cls(expected, settings, faiss_index), int(manifest["applied_seq"])
+        return cls(expected, settings, faiss_index, backend), int(manifest["applied_seq"])
+
+
+INDEX_TYPES: dict[IndexBackend, str] = {
+    "hnsw": "IndexIDMap2(IndexHNSWFlat)",
+    "flat": "IndexIDMap2(IndexFlatIP)",
+    "gpu-flat": "IndexIDMap2(IndexFlatIP)",  # on the GPU while served; snapshots are the CPU form
+}
+
+
+def _to_gpu_storage(cpu_index: Any) -> Any:
+    """``cpu_index`` cloned onto GPU 0; FAISS's cloner recurses through ``IndexIDMap2`` (ids kept)."""
+    import faiss
+
+    resources = faiss.StandardGpuResources()
+    gpu = faiss.index_cpu_to_gpu(resources, 0, cpu_index)
+    gpu.referenced_objects = [resources]  # type: ignore[attr-defined]  # must outlive the index
+    return gpu
+
+
+def _to_gpu(cpu_index: Any) -> Any:
+    return _to_gpu_storage(cpu_index)
+
+
+def _to_cpu(gpu_index: Any) -> Any:
+    import faiss
+
+    return faiss.index_gpu_to_cpu(gpu_index)
 
 
 def write_snapshot(folder: Path, data: bytes, manifest: dict[str, Any]) -> None:

@@ -26,6 +26,20 @@ GENERATOR_DIR = REPO / "models" / "smollm2-135m-instruct"
 SERVER_START_TIMEOUT_S = 420
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run only where torch and FAISS both see a CUDA device."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    from rag_service.hardware import cuda_devices, faiss_gpus
+
+    if cuda_devices() and faiss_gpus():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device seen by torch and FAISS here (CPU builds, or no GPU)")
+    for item in gpu_tests:
+        item.add_marker(skip)
+
+
 def repo_settings() -> Settings:
     """Default settings with paths anchored at the repository, whatever the working directory."""
     return Settings(

@@ -15,7 +15,7 @@ from tests.conftest import REPO
     [
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
-        ["mypy", "rag_service", "tests", "benchmarks"],
+        ["mypy", "rag_service", "tests", "benchmarks", "loadtests"],
     ],
     ids=["ruff-check", "ruff-format", "mypy"],
 )

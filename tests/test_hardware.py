@@ -8,10 +8,9 @@ import pytest
 
 from rag_service.config import EncoderSettings
 from rag_service.encoder import Encoder
-from rag_service.hardware import cuda_devices, encoder_dtype, faiss_gpus, torch_device
+from rag_service.hardware import cuda_devices, encoder_dtype, faiss_gpus, index_backend, torch_device
 
 HAS_CUDA = cuda_devices() > 0
-gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here (the CPU build of torch sees none)")
 
 
 @pytest.mark.parametrize(
@@ -69,10 +68,37 @@ def test_half_precision_encoder_stays_close_and_normalized(encoder: Encoder) -> 
     assert (a * b).sum(axis=1).min() > 0.99
 
 
-@gpu
+@pytest.mark.gpu
 def test_encoder_on_cuda_in_float16_matches_the_cpu(encoder: Encoder) -> None:
 
     cuda = Encoder(EncoderSettings(device="cuda"))
     assert cuda.dtype == "float16"
     texts = ["What does the assert statement do?"] * 3
     assert (cuda.encode_queries(texts) * encoder.encode_queries(texts)).sum(axis=1).min() > 0.999
+
+
+@pytest.mark.parametrize(
+    ("requested", "gpus", "expected"),
+    [
+        ("auto", 0, "hnsw"),
+        ("auto", 1, "gpu-flat"),
+        ("hnsw", 1, "hnsw"),
+        ("flat", 0, "flat"),
+        ("gpu-flat", 2, "gpu-flat"),
+    ],
+)
+def test_index_backend_selection(requested: str, gpus: int, expected: str) -> None:
+    assert index_backend(requested, gpus) == expected
+
+
+def test_gpu_index_without_a_gpu_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="no GPU"):
+        index_backend("gpu-flat", 0)
+    with pytest.raises(ValueError, match="unknown index backend"):
+        index_backend("ivf", 1)
+
+
+def test_this_machine_serves_hnsw_unless_faiss_sees_a_gpu() -> None:
+    from rag_service.config import IndexSettings
+
+    assert index_backend(IndexSettings().backend, faiss_gpus()) == ("gpu-flat" if faiss_gpus() else "hnsw")

@@ -107,3 +107,48 @@ def test_wrong_vector_shape_is_refused(encoder: Encoder) -> None:
     index = HnswIndex(_spec(encoder), IndexSettings())
     with pytest.raises(ValueError):
         index.add(np.zeros((2, 10), dtype=np.float32))
+
+
+# --- backends: exact flat search (CPU, and the GPU path's CPU-side form) ----------------------------
+
+
+def test_flat_backend_is_exact_and_persists(
+    scifact_vectors: tuple[np.ndarray, np.ndarray], encoder: Encoder, tmp_path: Path
+) -> None:
+    doc_vectors, query_vectors = scifact_vectors
+    settings = IndexSettings(backend="flat")
+    index = HnswIndex(_spec(encoder), settings)
+    assert index.backend == "flat"
+    index.add(doc_vectors)
+    _, ids = index.search(query_vectors, 10)
+    np.testing.assert_array_equal(ids, _exact_top(doc_vectors, query_vectors, 10))
+    index.save(tmp_path, applied_seq=3)
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert manifest["index_type"] == "IndexIDMap2(IndexFlatIP)" and manifest["backend"] == "flat"
+    loaded, _ = HnswIndex.load(tmp_path, _spec(encoder), settings)
+    np.testing.assert_array_equal(loaded.search(query_vectors, 10)[1], ids)
+
+
+def test_a_snapshot_of_another_backend_is_not_loaded(encoder: Encoder, tmp_path: Path) -> None:
+    """An HNSW snapshot opened with the flat backend (e.g. an index moved to a GPU machine) is refused
+    here, and LiveIndex then rebuilds the graph from the stored embeddings."""
+    index = HnswIndex(_spec(encoder), IndexSettings(backend="hnsw"))
+    index.add(encoder.encode_passages(["one passage", "another passage"]))
+    index.save(tmp_path, applied_seq=1)
+    with pytest.raises(IndexUnavailable, match="backend"):
+        HnswIndex.load(tmp_path, _spec(encoder), IndexSettings(backend="flat"))
+
+
+@pytest.mark.gpu
+def test_gpu_flat_backend_matches_exact_and_snapshots_as_a_cpu_index(
+    scifact_vectors: tuple[np.ndarray, np.ndarray], encoder: Encoder, tmp_path: Path
+) -> None:
+    doc_vectors, query_vectors = scifact_vectors
+    settings = IndexSettings(backend="gpu-flat")
+    index = HnswIndex(_spec(encoder), settings)
+    index.add(doc_vectors, ids=np.arange(100, 100 + len(doc_vectors)))
+    _, ids = index.search(query_vectors, 10)
+    np.testing.assert_array_equal(ids - 100, _exact_top(doc_vectors, query_vectors, 10))
+    index.save(tmp_path, applied_seq=2)
+    loaded, _ = HnswIndex.load(tmp_path, _spec(encoder), settings)
+    np.testing.assert_array_equal(loaded.search(query_vectors, 10)[1], ids)

@@ -344,7 +344,7 @@ def test_streamed_chat_cut_by_its_budget_ends_with_the_degradation(client: OpenA
         max_tokens=200,
         stop=[],
         stream=True,
-        extra_headers={"X-Rag-Fault-Delay": "token=2000", "X-Deadline-Ms": "6000"},
+        extra_headers={"X-Rag-Fault-Delay": "token=5000", "X-Deadline-Ms": "15000"},
     )
     chunks = list(stream)
     last = chunks[-1]
