@@ -2,16 +2,24 @@
 over the same passage vectors and beside BM25 (the ``bm25s`` package) over the same documents.
 
     .venv/bin/python -m benchmarks.retrieval [--datasets scifact,squad-v1.1-dev,pubmedqa-pqal]
-        [--max-queries 1000] [--url URL]
+        [--max-queries 1000] [--modes dense,lexical,hybrid] [--url URL] [--vectors-from DIR]
 
 For each dataset: build its index once with ``rag-service build-index`` (cached in
 ``benchmarks/results/indexes/``), start a server on it, send every query (at most ``--max-queries``,
-evenly spread over the file) to ``/v1/search`` with ``top_k=100``, stop the server. Exact search ranks
+evenly spread over the file) to ``/v1/search`` with ``top_k=100`` once per retrieval mode (dense:
+MiniLM + HNSW, lexical: SQLite FTS5 BM25, hybrid: both, reciprocal-rank fused), stop the server.
+Besides quality, each mode's server-side ``retrieve`` stage time (``timings_ms``, median) is reported,
+so hybrid's added retrieval latency over dense is measured in the same run. Exact search ranks
 the same passage vectors (read back from the index) with ``IndexFlatIP`` and the service's own query
 encoder. Passages are mapped to their documents (a document ranks where its best passage does), and
 nDCG@10, recall@10 and recall@100 are computed against the dataset's qrels. Dense lists hold at most
 100 passages, hence sometimes fewer than 100 documents; BM25 ranks whole documents (title + text,
 English stopwords).
+
+``--vectors-from DIR`` builds a missing index from a format-1 index cache (``index.faiss`` +
+``passages.jsonl``, as the benchmark wrote before the SQLite store) instead of re-encoding: only after
+checking that every cached passage is exactly the chunk our chunker cuts from the corpus (same ids,
+same text, same embedding text), so the vectors are the ones ``build-index`` would compute.
 
 ``--datasets builtin`` evaluates the default index (the Python reference) with the questions in
 ``loadtests/questions.jsonl``, whose ``doc_id`` says which topic answers each (written by us: a
@@ -45,6 +53,7 @@ RESULTS = REPO / "benchmarks" / "results"
 SHARED = Path(os.environ.get("RAG_SHARED_DATA", REPO.parent / "shared" / "data"))
 DATASETS = ["scifact", "squad-v1.1-dev", "pubmedqa-pqal"]
 TOP_K = 100  # the service's largest top_k (RAG_RETRIEVER__MAX_TOP_K)
+MODES = ["dense", "lexical", "hybrid"]
 
 
 def ndcg_at_10(ranked: Sequence[str], relevant: set[str]) -> float:
@@ -101,9 +110,55 @@ def load_dataset(
     return spread(queries, max_queries), qrels, folder / "corpus.jsonl"
 
 
-def build_index(name: str, corpus: Path, index_dir: Path) -> None:
+def import_format1(old: Path, corpus: Path, folder: Path) -> None:
+    """A store + graph at ``folder`` from a format-1 cache's vectors (see the module docstring)."""
+    import faiss
+
+    from rag_service.encoder import Encoder
+    from rag_service.index import IndexSpec, LiveIndex
+    from rag_service.ingest import chunker_for, spec_of
+    from rag_service.store import DocumentWrite
+
+    settings = Settings()
+    encoder = Encoder(settings.encoder)
+    manifest = json.loads((old / "manifest.json").read_text())
+    if manifest.get("encoder") != encoder.model_id or manifest.get("dimension") != encoder.dimension:
+        raise SystemExit(f"{old} was built with another encoder: {manifest.get('encoder')}")
+    graph = faiss.read_index(str(old / "index.faiss"))
+    vectors = graph.reconstruct_n(0, graph.ntotal)
+    cached = [json.loads(line) for line in (old / "passages.jsonl").read_text().splitlines()]
+    chunker = chunker_for(encoder, settings)
+    by_doc: dict[str, list[int]] = {}
+    for row, passage in enumerate(cached):
+        by_doc.setdefault(passage["doc_id"], []).append(row)
+    writes = []
+    for doc in tqdm(list(read_jsonl(corpus)), desc=f"checking {old.name}'s chunks", unit="doc"):
+        rows = by_doc.get(doc.id, [])
+        chunks = chunker.split(doc.text)
+        got = [(cached[r]["id"], cached[r]["title"], cached[r]["text"]) for r in rows]
+        if got != [(f"{doc.id}#{n}", doc.title, text) for n, text in enumerate(chunks)]:
+            raise SystemExit(f"{old}: the cached chunks of {doc.id} differ from ours; rebuild instead")
+        writes.append(DocumentWrite(doc, chunks, vectors[rows]))
+    staging = folder.with_name(f".{folder.name}.importing")
+    if staging.exists():
+        import shutil
+
+        shutil.rmtree(staging)
+    store = DocumentStore.create(staging, spec_of(encoder).as_meta())
+    for start in range(0, len(writes), 256):
+        store.write(upserts=writes[start : start + 256])
+    store.close()
+    LiveIndex.open(staging, IndexSpec(encoder.model_id, encoder.dimension), settings.index).close()
+    staging.rename(folder)
+
+
+def build_index(name: str, corpus: Path, index_dir: Path, vectors_from: Path | None = None) -> None:
     if (index_dir / name / "manifest.json").is_file():
         print(f"[{name}] index cached in {index_dir / name}", flush=True)
+        return
+    if vectors_from is not None and (vectors_from / name / "passages.jsonl").is_file():
+        print(f"[{name}] building its index from the vectors cached in {vectors_from / name}", flush=True)
+        import_format1(vectors_from / name, corpus, index_dir / name)
         return
     print(f"[{name}] building its index (once) with rag-service build-index", flush=True)
     env = {**os.environ, "RAG_INDEX__DIR": str(index_dir), "RAG_INDEX__NAME": name}
@@ -115,17 +170,29 @@ def build_index(name: str, corpus: Path, index_dir: Path) -> None:
     )
 
 
-def service_runs(url: str, queries: list[tuple[str, str]], name: str) -> tuple[dict[str, list[str]], float]:
+def service_runs(
+    url: str, queries: list[tuple[str, str]], name: str, mode: str
+) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """Document rankings per query, and latency: client-side p50 and the server's stage medians."""
     runs: dict[str, list[str]] = {}
     took: list[float] = []
+    stages: dict[str, list[float]] = {}
+    fallbacks = 0
     with httpx.Client(base_url=url, timeout=60) as client:
-        for qid, text in tqdm(queries, desc=f"[{name}] /v1/search", unit="q"):
+        for qid, text in tqdm(queries, desc=f"[{name}] /v1/search {mode}", unit="q"):
             started = time.perf_counter()
-            r = client.post("/v1/search", json={"query": text, "top_k": TOP_K})
+            r = client.post("/v1/search", json={"query": text, "top_k": TOP_K, "mode": mode})
             took.append((time.perf_counter() - started) * 1000)
             r.raise_for_status()
-            runs[qid] = documents_in_order([h["doc_id"] for h in r.json()["hits"]])
-    return runs, float(np.median(took))
+            body = r.json()
+            runs[qid] = documents_in_order([h["doc_id"] for h in body["hits"]])
+            for stage in ("embed", "retrieve", "retrieve_dense", "retrieve_lexical"):
+                if stage in body["timings_ms"]:
+                    stages.setdefault(stage, []).append(body["timings_ms"][stage])
+            fallbacks += body["retrieval"]["fallback"] is not None
+    latency = {"search_ms_p50": float(np.median(took)), "fallbacks": float(fallbacks)}
+    latency.update({f"{stage}_ms_p50": float(np.median(v)) for stage, v in stages.items()})
+    return runs, latency
 
 
 def exact_runs(index_folder: Path, queries: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -174,6 +241,8 @@ def main() -> int:
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated; 'builtin' too")
     parser.add_argument("--max-queries", type=int, default=1000, help="per dataset, 0 = all")
     parser.add_argument("--url", help="use the server there (it must serve the dataset's index)")
+    parser.add_argument("--modes", default=",".join(MODES), help="retrieval modes to send, comma-separated")
+    parser.add_argument("--vectors-from", type=Path, help="a folder of format-1 index caches to reuse")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -188,19 +257,21 @@ def main() -> int:
             index_folder = REPO / Settings().index_path
             env = {}
         else:
-            build_index(name, corpus, index_dir)
+            build_index(name, corpus, index_dir, args.vectors_from)
             index_folder = index_dir / name
             env = {"RAG_INDEX__DIR": str(index_dir), "RAG_INDEX__NAME": name}
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        service: dict[str, dict[str, list[str]]] = {}
+        latency: dict[str, dict[str, float]] = {}
         with server(args.url, args.out / f"server-{name}.log", env) as (url, _):
-            service, search_ms = service_runs(url, queries, name)
+            for mode in modes:
+                service[mode], latency[mode] = service_runs(url, queries, name, mode)
         exact = exact_runs(index_folder, queries)
         bm25 = bm25_runs(corpus, queries)
-        rows = {
-            "service /v1/search (HNSW)": scores(service, qrels),
-            "exact (IndexFlatIP)": scores(exact, qrels),
-            "BM25 (bm25s)": scores(bm25, qrels),
-        }
-        table.append({"dataset": name, "queries": len(queries), "search_ms_p50": search_ms, "rows": rows})
+        rows = {f"service {mode}": scores(service[mode], qrels) for mode in modes}
+        rows["exact (IndexFlatIP)"] = scores(exact, qrels)
+        rows["BM25 (bm25s)"] = scores(bm25, qrels)
+        table.append({"dataset": name, "queries": len(queries), "latency": latency, "rows": rows})
 
     print(f"\n{'dataset':<16} {'queries':>7} {'system':<28} {'nDCG@10':>8} {'R@10':>7} {'R@100':>7}")
     for entry in table:
@@ -209,12 +280,17 @@ def main() -> int:
                 f"{entry['dataset']:<16} {entry['queries']:>7} {system:<28} "
                 f"{s['ndcg@10']:>8.4f} {s['recall@10']:>7.4f} {s['recall@100']:>7.4f}"
             )
-        service = entry["rows"]["service /v1/search (HNSW)"]["ndcg@10"]
-        bm25 = entry["rows"]["BM25 (bm25s)"]["ndcg@10"]
-        print(
-            f"{'':<16} nDCG@10 service/BM25 {service / bm25 if bm25 else float('nan'):.3f}; "
-            f"/v1/search p50 {entry['search_ms_p50']:.1f} ms (client side, top_k={TOP_K})"
-        )
+        for mode, lat in entry["latency"].items():
+            print(
+                f"{'':<16} {mode:<8} /v1/search p50 {lat['search_ms_p50']:.1f} ms (client, top_k={TOP_K}); "
+                f"server retrieve stage p50 {lat.get('retrieve_ms_p50', float('nan')):.2f} ms; "
+                f"lexical fallbacks {lat['fallbacks']:.0f}"
+            )
+        rows, lat = entry["rows"], entry["latency"]
+        if "service hybrid" in rows and "service dense" in rows:
+            gain = rows["service hybrid"]["ndcg@10"] / rows["service dense"]["ndcg@10"]
+            added = lat["hybrid"]["retrieve_ms_p50"] - lat["dense"]["retrieve_ms_p50"]
+            print(f"{'':<16} hybrid/dense nDCG@10 {gain:.3f}; retrieve stage +{added:.2f} ms (p50)")
     out = args.out / "retrieval.json"
     out.write_text(json.dumps({"top_k": TOP_K, "datasets": table}, indent=2))
     print(f"\nwritten to {out}")

@@ -63,7 +63,9 @@ def test_retrieval_benchmark_smoke(live_server: LiveServer, tmp_path: Path) -> N
     assert "BM25 (bm25s)" in result.stdout
     entry = json.loads((tmp_path / "retrieval.json").read_text())["datasets"][0]
     assert entry["dataset"] == "builtin" and entry["queries"] == 8
-    assert set(entry["rows"]) == {"service /v1/search (HNSW)", "exact (IndexFlatIP)", "BM25 (bm25s)"}
+    modes = {"service dense", "service lexical", "service hybrid"}
+    assert set(entry["rows"]) == modes | {"exact (IndexFlatIP)", "BM25 (bm25s)"}
+    assert set(entry["latency"]) == {"dense", "lexical", "hybrid"}
     for scores in entry["rows"].values():
         assert 0.0 <= scores["ndcg@10"] <= 1.0 and scores["recall@10"] <= scores["recall@100"] <= 1.0
 
