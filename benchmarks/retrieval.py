@@ -54,6 +54,10 @@ SHARED = Path(os.environ.get("RAG_SHARED_DATA", REPO.parent / "shared" / "data")
 DATASETS = ["scifact", "squad-v1.1-dev", "pubmedqa-pqal"]
 TOP_K = 100  # the service's largest top_k (RAG_RETRIEVER__MAX_TOP_K)
 MODES = ["dense", "lexical", "hybrid"]
+# Quality is measured with the embed and retrieve budgets lifted, so that a noisy moment on the shared
+# machine neither fails a query (504) nor turns a hybrid search into its dense fallback; the stage
+# times are reported (p50, p99) to compare with the default budgets.
+LIFTED_BUDGETS = {"RAG_BUDGET__EMBED_MS": "5000", "RAG_BUDGET__RETRIEVE_MS": "2000"}
 
 
 def ndcg_at_10(ranked: Sequence[str], relevant: set[str]) -> float:
@@ -192,6 +196,7 @@ def service_runs(
             fallbacks += body["retrieval"]["fallback"] is not None
     latency = {"search_ms_p50": float(np.median(took)), "fallbacks": float(fallbacks)}
     latency.update({f"{stage}_ms_p50": float(np.median(v)) for stage, v in stages.items()})
+    latency.update({f"{stage}_ms_p99": float(np.percentile(v, 99)) for stage, v in stages.items()})
     return runs, latency
 
 
@@ -255,11 +260,11 @@ def main() -> int:
         queries, qrels, corpus = load_dataset(name, args.max_queries)
         if corpus is None:
             index_folder = REPO / Settings().index_path
-            env = {}
+            env = dict(LIFTED_BUDGETS)
         else:
             build_index(name, corpus, index_dir, args.vectors_from)
             index_folder = index_dir / name
-            env = {"RAG_INDEX__DIR": str(index_dir), "RAG_INDEX__NAME": name}
+            env = {"RAG_INDEX__DIR": str(index_dir), "RAG_INDEX__NAME": name, **LIFTED_BUDGETS}
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         service: dict[str, dict[str, list[str]]] = {}
         latency: dict[str, dict[str, float]] = {}
@@ -283,7 +288,8 @@ def main() -> int:
         for mode, lat in entry["latency"].items():
             print(
                 f"{'':<16} {mode:<8} /v1/search p50 {lat['search_ms_p50']:.1f} ms (client, top_k={TOP_K}); "
-                f"server retrieve stage p50 {lat.get('retrieve_ms_p50', float('nan')):.2f} ms; "
+                f"server retrieve stage p50 {lat.get('retrieve_ms_p50', float('nan')):.2f} ms, "
+                f"p99 {lat.get('retrieve_ms_p99', float('nan')):.2f} ms; "
                 f"lexical fallbacks {lat['fallbacks']:.0f}"
             )
         rows, lat = entry["rows"], entry["latency"]
