@@ -165,7 +165,7 @@ class RetrieverSettings(BaseModel):
         "hybrid",
         description=(
             "Retrieval when a request does not say: dense (MiniLM + HNSW), lexical (SQLite FTS5 BM25) or "
-            "hybrid (both, reciprocal-rank fused; measured best on every shared dataset, see BENCHMARKS.md)."
+            "hybrid (both, reciprocal-rank fused; above dense on every shared dataset, see BENCHMARKS.md)."
         ),
     )
     candidates: int = Field(
