@@ -248,6 +248,15 @@ class BudgetSettings(BaseModel):
         ),
     )
 
+    reply_reserve_ms: float = Field(
+        250.0,
+        ge=0,
+        description=(
+            "Stages end this long before the total deadline (at most a tenth of it) so the reply reaches "
+            "the client in time: under overload the last tens of ms are the response's own trip."
+        ),
+    )
+
     @model_validator(mode="after")
     def _ordered(self) -> BudgetSettings:
         if self.first_token_ms > self.generate_ms:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rag_service.errors import InvalidRequest
 from rag_service.generator import Generator
@@ -54,7 +54,12 @@ class FaultDelays:
 
 
 class DelayedGenerator:
-    """The real generator, with ``first_token`` / ``token`` delays before the chunks it yields."""
+    """The real generator, with a ``first_token`` delay before its first token and a ``token`` delay
+    before each later one. Two things keep the delays meaningful on a fast engine: vLLM hands a slow
+    reader all tokens generated since its last read in one chunk, so a chunk of k tokens is released
+    as k pieces, one per delay (its text cut evenly: the pieces are not exact token boundaries); and
+    the real engine is asked for all ``max_tokens`` (``min_tokens``), so a delayed answer cannot end on
+    its own before the budget that the test is about."""
 
     def __init__(self, real: Generator, delays: FaultDelays) -> None:
         self._real = real
@@ -76,14 +81,15 @@ class DelayedGenerator:
             temperature=temperature,
             stop=stop,
             request_id=request_id,
-            sampling=sampling,
+            sampling=replace(sampling or Sampling(), min_tokens=max_tokens),
         )
-        first = True
+        released = 0  # tokens handed on so far
         try:
             async for chunk in chunks:
-                await asyncio.sleep(self._delays.first_token if first else self._delays.token)
-                first = False
-                yield chunk
+                for piece in _pieces(chunk, released):
+                    await asyncio.sleep(self._delays.first_token if released == 0 else self._delays.token)
+                    released = piece.completion_tokens
+                    yield piece
         finally:
             await chunks.aclose()  # closing the real stream aborts the request in vLLM
 
@@ -93,3 +99,20 @@ class DelayedGenerator:
 
     def shutdown(self) -> None:
         self._real.shutdown()
+
+
+def _pieces(chunk: GenerationChunk, released: int) -> list[GenerationChunk]:
+    """``chunk`` as one piece per new token (its text cut evenly), the finish reason on the last."""
+    count = max(1, chunk.completion_tokens - released)
+    size = -(-len(chunk.text) // count) if chunk.text else 0
+    pieces = []
+    for i in range(count):
+        pieces.append(
+            GenerationChunk(
+                text=chunk.text[i * size : (i + 1) * size] if size else "",
+                finish_reason=chunk.finish_reason if i == count - 1 else None,
+                prompt_tokens=chunk.prompt_tokens,
+                completion_tokens=min(released + i + 1, chunk.completion_tokens) or chunk.completion_tokens,
+            )
+        )
+    return pieces

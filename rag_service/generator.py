@@ -94,6 +94,7 @@ class VllmGenerator:
             seed=sampling.seed,
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
+            min_tokens=sampling.min_tokens,
             output_kind=RequestOutputKind.DELTA,
         )
         completion_tokens = 0

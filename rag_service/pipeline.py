@@ -56,12 +56,14 @@ LEXICAL_SHARE = 0.8
 
 
 class Deadline:
-    """The moment (``time.monotonic()``) by which a request must be answered, fixed at its arrival."""
+    """The moment (``time.monotonic()``) by which a request's work must end, fixed at its arrival:
+    ``total_ms`` after it, less a reserve for the reply to reach the client (at most a tenth of the
+    total), so the client-side p99 stays within the budget too."""
 
-    def __init__(self, total_ms: float, started: float | None = None) -> None:
+    def __init__(self, total_ms: float, started: float | None = None, *, reserve_ms: float = 0.0) -> None:
         self.started = time.monotonic() if started is None else started
         self.total_ms = total_ms
-        self.at = self.started + total_ms / 1000
+        self.at = self.started + (total_ms - min(reserve_ms, total_ms / 10)) / 1000
 
     def remaining_s(self) -> float:
         return self.at - time.monotonic()
@@ -222,7 +224,9 @@ class Pipeline:
 
     def new_deadline(self, deadline_ms: float | None = None) -> Deadline:
         """The request's deadline: the server's total, or a tighter one the client asked for."""
-        return Deadline(self.settings.budget.total_ms if deadline_ms is None else deadline_ms)
+        budget = self.settings.budget
+        total = budget.total_ms if deadline_ms is None else deadline_ms
+        return Deadline(total, reserve_ms=budget.reply_reserve_ms)
 
     async def _embed(self, text: str, stage: Stage, faults: FaultDelays | None) -> np.ndarray:
         if faults is not None and faults.embed:

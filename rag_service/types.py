@@ -75,6 +75,7 @@ class Sampling:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    min_tokens: int = 0  # tokens generated before EOS or a stop string may end the answer
 
 
 @dataclass(frozen=True, slots=True)

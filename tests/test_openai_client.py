@@ -341,10 +341,10 @@ def test_streamed_chat_cut_by_its_budget_ends_with_the_degradation(client: OpenA
     stream = client.chat.completions.create(
         model=CHAT_MODEL,
         messages=ASK,
-        max_tokens=200,
+        max_tokens=400,
         stop=[],
         stream=True,
-        extra_headers={"X-Rag-Fault-Delay": "token=5000", "X-Deadline-Ms": "15000"},
+        extra_headers={"X-Rag-Fault-Delay": "token=3000", "X-Deadline-Ms": "12000"},
     )
     chunks = list(stream)
     last = chunks[-1]

@@ -99,7 +99,7 @@ def request_deadline(request: Request, body_ms: int | None, service: Service) ->
                 f"a deadline of {value:g} ms is looser than the server's maximum of {limit:g} ms",
                 param="deadline_ms",
             )
-    return Deadline(min(asked, default=limit))
+    return Deadline(min(asked, default=limit), reserve_ms=service.settings.budget.reply_reserve_ms)
 
 
 def request_faults(request: Request, service: Service) -> FaultDelays | None:
