@@ -29,7 +29,7 @@ from rag_service.api.openai_schemas import ChatCompletionRequest, ChatMessage, E
 from rag_service.api.responses import OrjsonResponse
 from rag_service.api.routes import (
     TicketedStream,
-    cancel_on_disconnect,
+    answer_once,
     request_deadline,
     request_faults,
     retrieval_body,
@@ -356,17 +356,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": req.request_id},
         )
-    try:
-        answer = await cancel_on_disconnect(request, pipeline.ask(req))
-    except RagError as exc:
-        service.metrics.request_done("chat", "rejected" if isinstance(exc, Overloaded) else "error")
-        raise
-    except asyncio.CancelledError:
-        service.metrics.request_done("chat", "disconnected")
-        raise
-    finally:
-        ticket.release()
-    service.metrics.request_done("chat", "degraded" if answer.degraded else "ok")
+    answer = await answer_once(service, "chat", request, pipeline, req, ticket)
     completion = {
         **head,
         "object": "chat.completion",

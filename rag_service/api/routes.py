@@ -230,21 +230,30 @@ async def ask(body: AskBody, request: Request) -> Response:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": req.request_id},
         )
-    try:
-        answer = await cancel_on_disconnect(request, pipeline.ask(req))
-    except RagError as exc:
-        service.metrics.request_done("ask", _outcome(exc))
-        raise
-    except asyncio.CancelledError:
-        service.metrics.request_done("ask", "disconnected")
-        raise
-    finally:
-        ticket.release()
-    service.metrics.request_done("ask", "degraded" if answer.degraded else "ok")
+    answer = await answer_once(service, "ask", request, pipeline, req, ticket)
     return OrjsonResponse(
         answer_body(answer),
         headers={"Server-Timing": server_timing(answer.timings_ms), "X-Request-Id": answer.request_id},
     )
+
+
+async def answer_once(
+    service: Service, route: str, request: Request, pipeline: Pipeline, req: AskRequest, ticket: Ticket
+) -> Answer:
+    """A non-streamed answer for an admitted request: cancelled (and aborted in vLLM) if the client
+    hangs up, its admission slot freed however it ends, and its outcome counted under ``route``."""
+    try:
+        answer = await cancel_on_disconnect(request, pipeline.ask(req))
+    except RagError as exc:
+        service.metrics.request_done(route, _outcome(exc))
+        raise
+    except asyncio.CancelledError:
+        service.metrics.request_done(route, "disconnected")
+        raise
+    finally:
+        ticket.release()
+    service.metrics.request_done(route, "degraded" if answer.degraded else "ok")
+    return answer
 
 
 class TicketedStream(StreamingResponse):
