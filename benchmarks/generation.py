@@ -5,9 +5,12 @@ the service's weights were converted from), all in this one invocation, on the s
     .venv/bin/python -m benchmarks.generation [--levels 1,4,16] [--max-tokens 128] [--url URL]
         [--engines service,vllm,llama.cpp]
 
-The prompts are the service's own: for each question the service's encoder, index and prompt
-builder produce the chat prompt's token ids exactly as ``/v1/ask`` does, and vLLM and llama.cpp are
-fed those ids (no automatic chat formatting: PLATFORM.md found llama.cpp's wrong for this GGUF).
+The prompts are the service's own: for each question the service's encoder, index, retriever (in the
+configured mode: hybrid by default) and prompt builder produce the chat prompt's token ids as
+``/v1/ask`` does, and vLLM and llama.cpp are fed those ids (no automatic chat formatting: PLATFORM.md
+found llama.cpp's wrong for this GGUF). Each service answer's sources and prompt token count are
+checked against the prompt built here, and the count of matches is printed: a mismatch means the
+comparison is not on the same prompts.
 Greedy decoding (temperature 0), no stop string (answers run to the end-of-turn token or
 ``--max-tokens``), distinct questions per request. The engines run one after another, never side
 by side: first the service (a server is started unless ``--url``), then vLLM in this process, then
@@ -51,6 +54,7 @@ ENGINES = ("service", "vllm", "llama.cpp")
 class Prompt:
     question: str
     ids: list[int]
+    passage_ids: list[str]
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Run:
     first: float | None = None
     last: float | None = None
     error: str | None = None
+    same_prompt: bool | None = None  # the service's only: did it use the prompt built here?
 
     @property
     def ttft(self) -> float | None:
@@ -114,7 +119,8 @@ def unthrottled(concurrency: int) -> dict[str, str]:
 
 
 def build_prompts(questions: list[str], settings: Settings, max_tokens: int, top_k: int) -> list[Prompt]:
-    """The token ids ``/v1/ask`` would give the engine for each question (same code path)."""
+    """The token ids ``/v1/ask`` would give the engine for each question: the same retriever in the
+    same mode (dense, lexical or hybrid, as ``pipeline.py`` combines them), packing and prompt."""
     from rag_service.encoder import Encoder
     from rag_service.index import IndexSpec, LiveIndex
     from rag_service.prompt import PromptBuilder
@@ -124,15 +130,24 @@ def build_prompts(questions: list[str], settings: Settings, max_tokens: int, top
     prompts = PromptBuilder.from_model(settings.generator.model, settings.generator.system_prompt)
     spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
     folder = REPO / settings.index_path
-    retriever = Retriever(LiveIndex.open(folder, spec, settings.index), prompts)
+    retriever = Retriever(LiveIndex.open(folder, spec, settings.index), prompts, settings.retriever)
+    mode = settings.retriever.mode
     out = []
     for question in questions:
         question_ids = prompts.encode(question)
         room = settings.generator.max_model_len - max_tokens - prompts.question_overhead(question_ids)
         budget = min(settings.retriever.context_tokens, room)
-        hits = retriever.search(encoder.encode_queries([question])[0], top_k)
+        if mode == "lexical":
+            hits = retriever.search_text(question, top_k)
+        elif mode == "dense":
+            hits = retriever.search(encoder.encode_queries([question])[0], top_k)
+        else:
+            depth = retriever.candidates(top_k)
+            dense = retriever.search(encoder.encode_queries([question])[0], depth)
+            hits = retriever.fuse(dense, retriever.search_text(question, depth), top_k)
         context = retriever.pack(hits, budget)
-        out.append(Prompt(question, prompts.build(question_ids, context.hits)))
+        ids = prompts.build(question_ids, context.hits)
+        out.append(Prompt(question, ids, [h.passage.id for h in context.hits]))
     return out
 
 
@@ -186,6 +201,10 @@ async def service_engine(url: str, max_tokens: int, top_k: int) -> Any:
                 elif event["type"] == "done":
                     run.text = event["answer"]
                     run.tokens = event["usage"]["completion_tokens"]
+                    sources = [source["id"] for source in event["sources"]]
+                    run.same_prompt = sources == prompt.passage_ids and event["usage"][
+                        "prompt_tokens"
+                    ] == len(prompt.ids)
                 elif event["type"] == "error":
                     raise RuntimeError(event["error"]["message"])
 
@@ -354,6 +373,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             llm.close()  # now, not in a destructor at interpreter exit (which fails noisily)
 
     record: dict[str, Any] = {
+        "retrieval_mode": settings.retriever.mode,
         "max_tokens": args.max_tokens,
         "prompt_tokens_mean": float(np.mean(lengths)),
         "levels": args.levels,
@@ -362,6 +382,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         "answers": {name: [r.text for lv in levels for r in lv.runs] for name, levels in results.items()},
     }
     flat = {name: [r for lv in levels for r in lv.runs] for name, levels in results.items()}
+    if "service" in flat:  # the other engines were fed the prompts built here: were they the service's?
+        record["service_same_prompt"] = sum(bool(r.same_prompt) for r in flat["service"])
     names = list(flat)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -390,6 +412,12 @@ def print_table(record: dict[str, Any]) -> None:
                     f"tokens/s x{s['tokens_per_s'] / p['tokens_per_s']:.2f}, "
                     f"TTFT x{(s['ttft_ms_p50'] or 0) / (p['ttft_ms_p50'] or 1):.2f}"
                 )
+    if "service_same_prompt" in record:
+        total = sum(s["requests"] for s in engines["service"])
+        print(
+            f"service answers given the prompt the peers got ({record['retrieval_mode']} retrieval): "
+            f"{record['service_same_prompt']} of {total}"
+        )
     for pair, a in record["agreement"].items():
         print(
             f"agreement {pair}: identical {a['identical']:.0%}, same first paragraph "

@@ -70,7 +70,8 @@ class Metrics:
         )
         self.fallbacks = Counter(
             "rag_retrieval_fallbacks",
-            "Hybrid searches answered from the dense list alone, by reason (lexical_late, lexical_failed).",
+            "Hybrid searches answered from one list alone, by reason: the dense list (lexical_late, "
+            "lexical_failed), the lexical list (embed_late).",
             ["reason"],
             registry=r,
         )
@@ -110,6 +111,18 @@ class Metrics:
         )
         self.cold_start = Gauge(
             "rag_cold_start_seconds", "Seconds from start until ready (warm-up included).", registry=r
+        )
+        self.gc_pause = Histogram(
+            "rag_gc_pause_seconds",
+            "Garbage collections of this process (each pauses every request), by generation.",
+            ["generation"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.gc_frozen = Gauge(
+            "rag_gc_frozen_objects",
+            "Start-up objects exempted from garbage collection after warm-up (gc.freeze).",
+            registry=r,
         )
 
     def observe_stage(self, stage: str, seconds: float) -> None:

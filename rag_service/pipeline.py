@@ -6,7 +6,8 @@ deadline. How each overrun ends:
 
 - embed, retrieve: a thread running a CPU stage cannot be killed, so these are enforced by refusing
   work that cannot finish in time (no time left -> not started; the embedding queue drops expired
-  questions) and by measuring; over budget -> ``DeadlineExceeded`` (HTTP 504 naming the stage).
+  questions) and by measuring; over budget -> ``DeadlineExceeded`` (HTTP 504 naming the stage),
+  except a late embedding in a hybrid search (below).
 - first token late, or generation over its budget: the request is aborted in vLLM and the answer is
   *degraded*, not failed: the text so far (possibly none) plus the sources, with the stage named.
 
@@ -16,7 +17,9 @@ searches at once in worker threads (SQLite releases the GIL while it works, FAIS
 Each search's time is recorded as ``retrieve_dense`` / ``retrieve_lexical`` inside ``retrieve``. The
 lexical side of a hybrid search must be done by ``LEXICAL_SHARE`` of the retrieve budget; if it is
 not (or fails), the dense list is used alone and the result says so (``Retrieval.fallback``), rather
-than failing a request that has good passages in hand.
+than failing a request that has good passages in hand. The other way round, a hybrid search whose
+embedding misses the embed budget goes on with the lexical search alone (``fallback="lexical"``,
+reason ``embed_late``), which needs no vector, when the request's deadline leaves time for it.
 
 ``ask_stream`` is the single code path: it yields text deltas and then one final ``Answer``; ``ask``
 just collects it.
@@ -43,7 +46,7 @@ from rag_service.faults import DelayedGenerator, FaultDelays
 from rag_service.generator import Generator
 from rag_service.metrics import Metrics
 from rag_service.query_batcher import QueryBatcher
-from rag_service.retriever import DENSE, Retriever
+from rag_service.retriever import DENSE, LEXICAL, Retriever
 from rag_service.types import Context, GenerationChunk, Hit, Retrieval, Sampling, Usage
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ BUDGET_FINISH_REASON = "budget"  # finish_reason of an answer cut short by a bud
 # A hybrid search's lexical side must finish within this share of the retrieve stage's time; the rest
 # is kept for fusion, packing and prompt assembly (about a millisecond each at the defaults).
 LEXICAL_SHARE = 0.8
+EMBED_LATE = "embed_late"  # the fallback reason when a hybrid search goes on without its embedding
+MIN_FALLBACK_S = 0.001  # the least time left in the request for that lexical search to be tried
 
 
 class Deadline:
@@ -233,7 +238,7 @@ class Pipeline:
             await asyncio.sleep(faults.embed)  # test-only delay before the real encoder
         return await self.batcher.embed(text, deadline=stage.ends_at)
 
-    async def _embed_for(
+    async def _vector_for(
         self,
         mode: RetrievalMode,
         text: str,
@@ -241,11 +246,19 @@ class Pipeline:
         budgets: BudgetSettings,
         faults: FaultDelays | None,
     ) -> np.ndarray | None:
-        """The embed stage, which a lexical search does without."""
+        """The embed stage, which a lexical search does without (None). A hybrid search survives a
+        late embedding too: None, and ``_search`` goes on lexically while the deadline has time left."""
         if mode == "lexical":
             return None
-        with timer.stage("embed", budgets.embed_ms) as stage:
-            return await stage.run(self._embed(text, stage, faults))
+        try:
+            with timer.stage("embed", budgets.embed_ms) as stage:
+                return await stage.run(self._embed(text, stage, faults))
+        except DeadlineExceeded:
+            if mode != "hybrid" or timer.deadline.remaining_s() < MIN_FALLBACK_S:
+                raise  # (a request whose deadline ended the embed stage has no time for a search)
+            log.warning("embedding over its budget (%s ms): searching lexically only", budgets.embed_ms)
+            self.metrics.fallbacks.labels(EMBED_LATE).inc()
+            return None
 
     async def _timed(self, timer: RequestTimer, name: str, work: Awaitable[list[Hit]]) -> list[Hit]:
         started = time.monotonic()
@@ -283,7 +296,12 @@ class Pipeline:
                 timer, "retrieve_lexical", self._lexical(text, top_k, stage.ends_at, faults)
             )
             return Retrieval(hits, mode)
-        assert vector is not None, "dense and hybrid searches need the query vector"
+        if vector is None and mode == "hybrid":  # the embedding was late (``_vector_for``)
+            hits = await self._timed(
+                timer, "retrieve_lexical", self._lexical(text, top_k, stage.ends_at, faults)
+            )
+            return Retrieval(hits, mode, fallback=LEXICAL, reason=EMBED_LATE)
+        assert vector is not None, "a dense search needs the query vector"
         if mode == "dense":
             hits = await self._timed(timer, "retrieve_dense", self._dense(vector, top_k, faults))
             return Retrieval(hits, mode)
@@ -338,11 +356,12 @@ class Pipeline:
         if faults is not None and faults.admitted:
             await asyncio.sleep(faults.admitted)
         try:
-            vector = await self._embed_for(mode, query, timer, budgets, faults)
+            vector = await self._vector_for(mode, query, timer, budgets, faults)
             with timer.stage("retrieve", budgets.retrieve_ms) as stage:
                 found = await stage.run(self._search(query, vector, top_k, mode, stage, timer, faults))
         except DeadlineExceeded as exc:
             self.metrics.timeouts.labels(exc.stage).inc()
+            log.warning("%s stage over budget: 504; timings so far %s ms", exc.stage, timer.ms)
             raise
         return SearchResult(found.hits, timer.finish(), found)
 
@@ -395,7 +414,7 @@ class Pipeline:
         found: Retrieval | None = None
         try:
             if req.retrieve:
-                vector = await self._embed_for(req.mode, req.question, timer, budgets, faults)
+                vector = await self._vector_for(req.mode, req.question, timer, budgets, faults)
                 with timer.stage("retrieve", budgets.retrieve_ms) as stage:
                     found, context, prompt_ids = await stage.run(self._retrieve(req, vector, stage, timer))
             else:  # plain chat (OpenAI API with retrieval off): no passages
@@ -403,6 +422,7 @@ class Pipeline:
                 prompt_ids = self._prompt(req, context)
         except DeadlineExceeded as exc:
             self.metrics.timeouts.labels(exc.stage).inc()
+            log.warning("%s stage over budget: 504; timings so far %s ms", exc.stage, timer.ms)
             raise
 
         usage = Usage(prompt_tokens=len(prompt_ids), context_tokens=context.tokens)

@@ -17,6 +17,7 @@ from rag_service.admission import AdmissionController
 from rag_service.config import BudgetSettings, Settings
 from rag_service.encoder import Encoder
 from rag_service.errors import DeadlineExceeded, NotReady
+from rag_service.gc_pauses import GcPauseWatch, freeze
 from rag_service.generator import Generator, VllmGenerator
 from rag_service.index import IndexSpec, LiveIndex
 from rag_service.metrics import Metrics
@@ -60,6 +61,8 @@ class Service:
         self.admission = AdmissionController(adm.max_in_flight, adm.max_queue, adm.max_queue_share)
         self.metrics.watch(self.metrics.in_flight, lambda: self.admission.in_flight)
         self.metrics.watch(self.metrics.queued, lambda: self.admission.queued)
+        self.gc_watch = GcPauseWatch(self.metrics.gc_pause)
+        self.gc_watch.start()
         self.live: LiveIndex | None = None  # the index the documents API writes to
 
     def check(self) -> None:
@@ -98,6 +101,8 @@ class Service:
             self.reason = f"{type(exc).__name__}: {exc}"
             log.exception("service failed to start")
             return
+        # Models, modules and caches are loaded: keep them out of every later collection (gc_pauses.py).
+        self.metrics.gc_frozen.set(freeze())
         self.cold_start_s = round(time.perf_counter() - started, 2)
         self.metrics.cold_start.set(self.cold_start_s)
         self.state, self.reason = State.READY, "ready"
@@ -161,6 +166,7 @@ class Service:
             await self._pipeline.close()
 
     def shutdown(self) -> None:
+        self.gc_watch.stop()
         if self._generator is not None:
             self._generator.shutdown()
         if self.live is not None:

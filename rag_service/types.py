@@ -27,8 +27,8 @@ class Hit:
 
 @dataclass(slots=True)
 class Retrieval:
-    """What a search found and how: the mode asked for and, when the lexical side of a hybrid search
-    missed its time, ``fallback="dense"`` with the reason."""
+    """What a search found and how: the mode asked for and, when one side of a hybrid search missed
+    its time, the side used alone (``fallback="dense"`` or ``"lexical"``) with the reason."""
 
     hits: list[Hit]
     mode: str

@@ -43,6 +43,16 @@ def test_hnsw_params_benchmark_smoke(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "hnsw_params.json").read_text())["rows"]
     assert rows[0]["index"].startswith("exact") and len(rows) == 6
     assert all(0.0 <= r["recall@10"] <= 1.0 for r in rows)
+    gaps = json.loads((tmp_path / "hnsw_params.json").read_text())["exact_neighbour_similarity"]
+    assert gaps["sim@1"] >= gaps["sim@10"] >= gaps["sim@100"]
+
+    # Synthetic vectors shaped like those real ones (the run above cached them).
+    like = tmp_path / "scifact-200-vectors.npy"
+    args = ["--synthetic", "3000", "--distribution", "embedding", "--like", str(like), "--queries", "20"]
+    _bench("hnsw_params", *args, "--ef-construction", "40", "--ef-search", "16", "--out", str(tmp_path))
+    record = json.loads((tmp_path / "ann_synthetic_3000_embedding.json").read_text())
+    assert record["dim"] == 384 and "covariance" in record["distribution"]
+    assert 0.0 <= record["rows"][0]["recall@10"] <= 1.0
 
 
 def test_ann_synthetic_benchmark_smoke(tmp_path: Path) -> None:
@@ -89,6 +99,8 @@ def test_generation_benchmark_smoke(live_server: LiveServer, tmp_path: Path) -> 
     for levels in record["engines"].values():
         assert [lv["concurrency"] for lv in levels] == [1, 2]
         assert all(lv["errors"] == 0 and lv["completion_tokens"] > 0 for lv in levels)
+    # The peers are fed the prompts the script builds: the service must have used the very same.
+    assert record["service_same_prompt"] == 3
     if "llama.cpp" in engines:
         assert record["agreement"]["service vs llama.cpp"]["pairs"] == 3
 

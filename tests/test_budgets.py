@@ -87,13 +87,39 @@ def test_a_looser_deadline_than_the_server_allows_is_refused(
 def test_embed_or_retrieve_over_budget_is_504_naming_the_stage(
     client: httpx.Client, budgets: dict[str, float], stage: str
 ) -> None:
+    # Dense mode: a hybrid search has the lexical list to fall back on (next test).
     delay = {FAULT: f"{stage}={budgets[stage] + 1000:.0f}"}
-    for path, body in [("/v1/search", {"query": QUESTION}), ("/v1/ask", {"question": QUESTION})]:
+    dense = {"mode": "dense"}
+    for path, body in [
+        ("/v1/search", {"query": QUESTION, **dense}),
+        ("/v1/ask", {"question": QUESTION, **dense}),
+    ]:
         r = client.post(path, json=body, headers=delay)
         assert r.status_code == 504, r.text
         error = r.json()["error"]
         assert error["code"] == f"{stage}_timeout" and error["type"] == "timeout_error"
         assert stage in error["message"]
+
+
+def test_a_late_embedding_in_a_hybrid_search_falls_back_to_lexical(
+    client: httpx.Client, budgets: dict[str, float]
+) -> None:
+    late = {FAULT: f"embed={budgets['embed'] + 1000:.0f}"}
+    name, reason = "rag_retrieval_fallbacks_total", 'reason="embed_late"'
+    before = _metric(client.get("/metrics").text, name, reason)
+    search = client.post("/v1/search", json={"query": QUESTION}, headers=late)
+    assert search.status_code == 200, search.text
+    body = search.json()
+    assert body["retrieval"] == {"mode": "hybrid", "fallback": "lexical", "reason": "embed_late"}
+    assert body["hits"][0]["doc_id"] == "pyref:break"
+    assert all(set(h["retrievers"]) == {"lexical"} for h in body["hits"])
+    # The embed stage was given up at its budget, not after the delay.
+    assert budgets["embed"] <= body["timings_ms"]["embed"] < budgets["embed"] + 1000
+    answer = client.post("/v1/ask", json={"question": QUESTION, "max_tokens": 8}, headers=late)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["retrieval"]["fallback"] == "lexical"
+    assert answer.json()["sources"][0]["doc_id"] == "pyref:break"
+    assert _metric(client.get("/metrics").text, name, reason) == before + 2
 
 
 def test_a_tighter_deadline_caps_the_stage_budgets(client: httpx.Client) -> None:
@@ -228,7 +254,8 @@ def test_metrics_count_degraded_rejected_and_failed_requests(client: httpx.Clien
         json={"question": QUESTION, **LONG, "deadline_ms": 1500},
         headers={FAULT: "first_token=5000"},
     )
-    client.post("/v1/search", json={"query": QUESTION}, headers={FAULT: "embed=2000"})
+    # Dense: a hybrid search would fall back to its lexical list instead of failing.
+    client.post("/v1/search", json={"query": QUESTION, "mode": "dense"}, headers={FAULT: "embed=2000"})
     after = client.get("/metrics").text
     assert _metric(after, "rag_requests_total", 'outcome="degraded",route="ask"') == (
         _metric(before, "rag_requests_total", 'outcome="degraded",route="ask"') + 1

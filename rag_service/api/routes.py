@@ -67,7 +67,8 @@ def source(hit: Hit) -> dict[str, Any]:
 
 def retrieval_body(retrieval: Retrieval | None) -> dict[str, str | None] | None:
     """``{"mode", "fallback", "reason"}``: fallback "dense" when a hybrid search's lexical side was
-    late (reason lexical_late) or failed (lexical_failed) and the dense list was used alone."""
+    late (reason lexical_late) or failed (lexical_failed) and the dense list was used alone; "lexical"
+    when its embedding was late (embed_late) and the lexical list was used alone."""
     return retrieval.describe() if retrieval is not None else None
 
 
