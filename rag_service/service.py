@@ -61,8 +61,7 @@ class Service:
         self.admission = AdmissionController(adm.max_in_flight, adm.max_queue, adm.max_queue_share)
         self.metrics.watch(self.metrics.in_flight, lambda: self.admission.in_flight)
         self.metrics.watch(self.metrics.queued, lambda: self.admission.queued)
-        self.gc_watch = GcPauseWatch(self.metrics.gc_pause)
-        self.gc_watch.start()
+        self.gc_watch = GcPauseWatch(self.metrics.gc_pause)  # from start() until shutdown()
         self.live: LiveIndex | None = None  # the index the documents API writes to
 
     def check(self) -> None:
@@ -80,6 +79,7 @@ class Service:
 
     async def start(self) -> None:
         started = time.perf_counter()
+        self.gc_watch.start()
         try:
             # The engine start is the long pole (tens of seconds): load everything else beside it.
             generator_task = asyncio.create_task(
