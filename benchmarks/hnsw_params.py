@@ -34,6 +34,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,34 +64,41 @@ def ndcg_at_10(
     return total / len(query_ids)
 
 
-def synthetic_vectors(n: int, dim: int, clusters: int, spread: float, seed: int) -> np.ndarray:
-    """Normalized float32 draws from a Gaussian mixture, generated in blocks to bound memory."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+def normalized_blocks(n: int, dim: int, draw: Callable[[int], np.ndarray]) -> np.ndarray:
+    """``n`` unit vectors, ``draw(count)`` at a time in blocks of 100,000 to bound memory."""
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, 100_000):
         stop = min(n, start + 100_000)
-        block = centres[rng.integers(0, clusters, stop - start)]
-        block += rng.standard_normal(block.shape, dtype=np.float32) * spread
+        block = draw(stop - start)
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         out[start:stop] = block
     return out
+
+
+def synthetic_vectors(n: int, dim: int, clusters: int, spread: float, seed: int) -> np.ndarray:
+    """Normalized float32 draws from a Gaussian mixture."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+
+    def draw(count: int) -> np.ndarray:
+        block = centres[rng.integers(0, clusters, count)]
+        return block + rng.standard_normal(block.shape, dtype=np.float32) * spread
+
+    return normalized_blocks(n, dim, draw)
 
 
 def embedding_shaped(like: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Normalized draws from a Gaussian with the mean and covariance of the vectors in ``like``."""
     rng = np.random.default_rng(seed)
-    mean = like.mean(axis=0, dtype=np.float64)
+    dim = like.shape[1]
+    mean = like.mean(axis=0, dtype=np.float64).astype(np.float32)
     values, vectors = np.linalg.eigh(np.cov(like, rowvar=False))
     scale = (vectors * np.sqrt(np.clip(values, 0, None))).T.astype(np.float32)  # x = mean + z @ scale
-    out = np.empty((n, like.shape[1]), dtype=np.float32)
-    for start in range(0, n, 100_000):
-        stop = min(n, start + 100_000)
-        block = rng.standard_normal((stop - start, like.shape[1]), dtype=np.float32) @ scale
-        block += mean.astype(np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        out[start:stop] = block
-    return out
+
+    def draw(count: int) -> np.ndarray:
+        return rng.standard_normal((count, dim), dtype=np.float32) @ scale + mean
+
+    return normalized_blocks(n, dim, draw)
 
 
 def neighbour_gaps(similarities: np.ndarray) -> dict[str, float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,24 +114,7 @@ def test_end_to_end_benchmark_smoke(live_server: LiveServer, tmp_path: Path) -> 
 
 
 def test_query_batching_benchmark_smoke(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.query_batching",
-            "--smoke",
-            "--concurrency",
-            "1",
-            "8",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _bench("query_batching", "--smoke", "--concurrency", "1", "8", "--out", str(tmp_path))
     assert "on/off ratios" in result.stdout
     report = json.loads((tmp_path / "query_batching.json").read_text())
     assert {(r["mode"], r["concurrency"]) for r in report["rows"]} == {
@@ -142,23 +124,7 @@ def test_query_batching_benchmark_smoke(tmp_path: Path) -> None:
 
 
 def test_overload_benchmark_smoke(tmp_path: Path, live_server: LiveServer) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.overload",
-            "--smoke",
-            "--url",
-            live_server.url,
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _bench("overload", "--smoke", "--url", live_server.url, "--out", str(tmp_path))
     report = json.loads((tmp_path / "overload.json").read_text())
     burst = report["burst"]
     assert burst["admitted"] + burst["rejected_429"] == burst["burst"]
@@ -168,17 +134,8 @@ def test_overload_benchmark_smoke(tmp_path: Path, live_server: LiveServer) -> No
 
 def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
     data = scifact_dir()
-    command = [sys.executable, "benchmarks/ingest.py", "--data", str(data), "--docs", "24", "--batch", "8"]
-    command += ["--idle-queries", "10", "--window", "1", "--out", str(tmp_path)]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's rag_service, not an installed one
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = ["--data", str(data), "--docs", "24", "--batch", "8", "--idle-queries", "10", "--window", "1"]
+    result = _bench("ingest", *args, "--out", str(tmp_path))
     assert "ratio ours / plain" in result.stdout
     figures = json.loads((tmp_path / "ingest.json").read_text())
     assert figures["docs"] == 24 and figures["chunks"] >= 24
