@@ -113,8 +113,10 @@ def test_a_late_embedding_in_a_hybrid_search_falls_back_to_lexical(
     assert body["retrieval"] == {"mode": "hybrid", "fallback": "lexical", "reason": "embed_late"}
     assert body["hits"][0]["doc_id"] == "pyref:break"
     assert all(set(h["retrievers"]) == {"lexical"} for h in body["hits"])
-    # The embed stage was given up at its budget, not after the delay.
-    assert budgets["embed"] <= body["timings_ms"]["embed"] < budgets["embed"] + 1000
+    # The embed stage was given up at its budget, not after the delay. The lower bound has slack:
+    # uvicorn runs on uvloop, whose timers count whole milliseconds of a clock read once per loop
+    # turn, so a timeout may fire a little before its exact moment (CI saw 1999.94 ms of 2000).
+    assert budgets["embed"] * 0.95 <= body["timings_ms"]["embed"] < budgets["embed"] + 1000
     answer = client.post("/v1/ask", json={"question": QUESTION, "max_tokens": 8}, headers=late)
     assert answer.status_code == 200, answer.text
     assert answer.json()["retrieval"]["fallback"] == "lexical"
