@@ -569,14 +569,11 @@ class LiveIndex:
                 ids = list(self._passages)
             fresh = HnswIndex(self.spec, self.settings)
             for start in range(0, len(ids), 1024):
-                part = ids[start : start + 1024]
-                fresh.add(self.store.embeddings(part), part)
+                self._add_live(fresh, ids[start : start + 1024])
             with self._apply_lock:
                 # Chunks applied while we built: add them too. Ones deleted meanwhile are filtered.
-                built = set(ids)
-                newer = [vid for vid in self._passages if vid not in built]
-                if newer:
-                    fresh.add(self.store.embeddings(newer), newer)
+                listed = set(ids)
+                self._add_live(fresh, [vid for vid in self._passages if vid not in listed])
                 old = self._graph
                 self._graph = fresh  # one reference assignment: the swap
                 self.rebuilds += 1
@@ -589,6 +586,13 @@ class LiveIndex:
             self.snapshot()
         except Exception:
             log.exception("index rebuild failed; the current graph stays in service")
+
+    def _add_live(self, graph: HnswIndex, vector_ids: list[int]) -> None:
+        """Add the stored vectors of these chunks, less any tombstoned since they were listed (in the
+        database already, maybe not yet here: ``catch_up`` drops their passages)."""
+        live, vectors = self.store.live_embeddings(vector_ids)
+        if live:
+            graph.add(vectors, live)
 
     def start_refresh(self, interval_s: float) -> None:
         """Pick up rows another process (``rag-service ingest``) commits to this folder."""

@@ -6,7 +6,8 @@ Tables:
 - ``chunks``: one row per chunk: its id (``<doc_id>#<n>``), text, embedding (float32 bytes), the
   sequence number of the batch that added it and, once the document was replaced or deleted, the one
   that tombstoned it (``deleted_seq``). The row id is the chunk's vector id in FAISS and is never
-  reused (AUTOINCREMENT), so a snapshot of the index can always be matched to rows.
+  reused (AUTOINCREMENT), so a snapshot of the index can always be matched to rows. A tombstone
+  keeps only those ids: its text and embedding are dropped, so replacing documents reuses the space.
 
 Every write batch is ONE transaction that takes the next sequence number: a batch is wholly there or
 not at all, and the FAISS index (derived, see ``index.py``) replays exactly the rows newer than its
@@ -150,6 +151,7 @@ class DocumentStore:
             raise FileNotFoundError(f"no document store at {folder / STORE_FILE}")
         db = _connect(folder / STORE_FILE)
         _ensure_text_index(db)
+        _strip_old_tombstones(db)
         return cls(folder / STORE_FILE, db)
 
     @classmethod
@@ -245,8 +247,10 @@ class DocumentStore:
         kept = [(r[0], Passage(r[1], r[2], r[3], r[4])) for r in older]
         return Changes(last, added, _vectors([r[5] for r in rows]), removed, kept)
 
-    def embeddings(self, vector_ids: Sequence[int]) -> np.ndarray:
-        """Stored vectors of these chunks, in the order asked (a rebuild needs no re-encoding)."""
+    def live_embeddings(self, vector_ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
+        """Stored vectors of these chunks (a rebuild needs no re-encoding), in the order asked, with
+        the ids they belong to: a chunk tombstoned since it was asked for is left out (its row no
+        longer holds an embedding)."""
         found: dict[int, bytes] = {}
         with self._lock:
             for start in range(0, len(vector_ids), 500):
@@ -254,10 +258,13 @@ class DocumentStore:
                 marks = ",".join("?" * len(part))
                 found.update(
                     self._db.execute(
-                        f"SELECT vector_id, embedding FROM chunks WHERE vector_id IN ({marks})", part
+                        f"SELECT vector_id, embedding FROM chunks WHERE vector_id IN ({marks}) "
+                        "AND deleted_seq IS NULL",
+                        part,
                     ).fetchall()
                 )
-        return _vectors([found[i] for i in vector_ids])
+        ids = [i for i in vector_ids if i in found]
+        return ids, _vectors([found[i] for i in ids])
 
     def stats(self) -> dict[str, int]:
         with self._lock, _transaction(self._db, write=False):
@@ -356,11 +363,21 @@ class DocumentStore:
             "(SELECT vector_id FROM chunks WHERE doc_id = ? AND deleted_seq IS NULL)",
             (doc_id,),
         )
-        cursor = self._db.execute(
-            "UPDATE chunks SET deleted_seq = ? WHERE doc_id = ? AND deleted_seq IS NULL", (seq, doc_id)
+        # A tombstone keeps the row (its vector id and sequence numbers tell a graph what to drop) but
+        # not the text and embedding, which nothing reads again. Deleting the row and writing back the
+        # small one, unlike an UPDATE, lets SQLite merge the emptied pages, which new chunks reuse:
+        # re-ingesting a changed corpus does not grow the file by the old copy.
+        dead = self._db.execute(
+            "SELECT vector_id, chunk_id, seq FROM chunks WHERE doc_id = ? AND deleted_seq IS NULL", (doc_id,)
+        ).fetchall()
+        self._db.execute("DELETE FROM chunks WHERE doc_id = ? AND deleted_seq IS NULL", (doc_id,))
+        self._db.executemany(
+            "INSERT INTO chunks (vector_id, chunk_id, doc_id, title, text, embedding, seq, deleted_seq) "
+            "VALUES (?, ?, ?, '', '', x'', ?, ?)",
+            [(vid, chunk_id, doc_id, added, seq) for vid, chunk_id, added in dead],
         )
         existed = self._db.execute("SELECT 1 FROM documents WHERE id = ?", (doc_id,)).fetchone()
-        return max(cursor.rowcount, 1 if existed else 0)
+        return max(len(dead), 1 if existed else 0)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -386,6 +403,25 @@ def _ensure_text_index(db: sqlite3.Connection) -> None:
             f"INSERT INTO {lexical.FTS_TABLE} (rowid, title, text) "
             "SELECT vector_id, title, text FROM chunks WHERE deleted_seq IS NULL"
         )
+
+
+def _strip_old_tombstones(db: sqlite3.Connection) -> None:
+    """Tombstones written before they were stripped (``_tombstone``) lose their text and embedding,
+    once, in one transaction. The freed pages are reused by new chunks; ``VACUUM`` returns them."""
+    fat = "SELECT 1 FROM chunks WHERE deleted_seq IS NOT NULL AND length(embedding) > 0 LIMIT 1"
+    if not db.execute(fat).fetchone():
+        return
+    with _transaction(db):
+        db.execute(
+            "CREATE TEMP TABLE stripped AS SELECT vector_id, chunk_id, doc_id, seq, deleted_seq FROM chunks "
+            "WHERE deleted_seq IS NOT NULL AND length(embedding) > 0"
+        )
+        db.execute("DELETE FROM chunks WHERE vector_id IN (SELECT vector_id FROM stripped)")
+        db.execute(
+            "INSERT INTO chunks (vector_id, chunk_id, doc_id, title, text, embedding, seq, deleted_seq) "
+            "SELECT vector_id, chunk_id, doc_id, '', '', x'', seq, deleted_seq FROM stripped"
+        )
+        db.execute("DROP TABLE stripped")
 
 
 class _transaction:
