@@ -6,7 +6,9 @@ CPU, during which every request in flight waits (it showed up as searches whose 
 400 ms and failed their 50 ms retrieve budget). Almost all of those objects are allocated at start-up
 and live as long as the process, so after warm-up ``freeze`` moves them into the permanent generation
 that collections skip (``gc.freeze``, added to Python for exactly this); a later collection walks
-only what requests allocate. ``GcPauseWatch`` times every collection into
+only what requests allocate; ``thaw`` hands them back at shutdown (native extensions such as
+triton's check at exit that their objects were freed, and print "leaked" warnings about frozen
+ones). ``GcPauseWatch`` times every collection into
 ``rag_gc_pause_seconds{generation}`` and logs a long one, so a regression is visible.
 """
 
@@ -65,3 +67,10 @@ def freeze() -> int:
         (time.perf_counter() - started) * 1000,
     )
     return frozen
+
+
+def thaw() -> None:
+    """Undo ``freeze`` at shutdown and free what the service let go of now, while every module is
+    still there for the objects' finalizers."""
+    gc.unfreeze()
+    gc.collect()

@@ -67,9 +67,11 @@ class VllmGenerator:
             gpu_memory_utilization=settings.gpu_memory_utilization,
             tensor_parallel_size=settings.tensor_parallel_size,
         )
-        engine = AsyncLLM.from_engine_args(args)
+        # No local names the engine: a module imported above keeps an exception whose traceback
+        # reaches this frame, and a local here would keep the engine alive after ``shutdown``.
+        generator = cls(AsyncLLM.from_engine_args(args))
         log.info("vLLM engine started for %s", settings.model)
-        return cls(engine)
+        return generator
 
     async def stream(
         self,
@@ -141,3 +143,6 @@ class VllmGenerator:
 
     def shutdown(self) -> None:
         self._engine.shutdown()
+        # Let the engine be freed by the collection after this (gc_pauses.thaw), while the interpreter
+        # is whole: freed at exit instead, its __del__ fails on half-torn-down modules and prints a traceback.
+        del self._engine

@@ -17,7 +17,7 @@ from rag_service.admission import AdmissionController
 from rag_service.config import BudgetSettings, Settings
 from rag_service.encoder import Encoder
 from rag_service.errors import DeadlineExceeded, NotReady
-from rag_service.gc_pauses import GcPauseWatch, freeze
+from rag_service.gc_pauses import GcPauseWatch, freeze, thaw
 from rag_service.generator import Generator, VllmGenerator
 from rag_service.index import IndexSpec, LiveIndex
 from rag_service.metrics import Metrics
@@ -61,7 +61,7 @@ class Service:
         self.admission = AdmissionController(adm.max_in_flight, adm.max_queue, adm.max_queue_share)
         self.metrics.watch(self.metrics.in_flight, lambda: self.admission.in_flight)
         self.metrics.watch(self.metrics.queued, lambda: self.admission.queued)
-        self.gc_watch = GcPauseWatch(self.metrics.gc_pause)  # from start() until shutdown()
+        self.gc_watch = GcPauseWatch(self.metrics.gc_pause)  # from start() until stop()
         self.live: LiveIndex | None = None  # the index the documents API writes to
 
     def check(self) -> None:
@@ -161,13 +161,14 @@ class Service:
             budgets=budgets,
         )
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
+        """Everything ``start`` began, ended: the batcher, the engine, a last index snapshot."""
         if self._pipeline is not None:
             await self._pipeline.close()
-
-    def shutdown(self) -> None:
         self.gc_watch.stop()
         if self._generator is not None:
             self._generator.shutdown()
         if self.live is not None:
             self.live.close()  # a last snapshot: the next start replays less
+        await asyncio.sleep(0)  # the engine's shutdown cancelled its output task: let that happen
+        thaw()

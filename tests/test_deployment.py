@@ -38,6 +38,7 @@ def test_cpu_profile_is_valid_and_healthchecked_on_readyz() -> None:
     rag = services["rag"]
     assert rag["build"]["args"]["EXTRAS"].startswith("cpu")
     assert "/readyz" in " ".join(rag["healthcheck"]["test"])
+    assert rag["stop_grace_period"] == "30s", "10 s to finish requests, then the engine and the snapshot"
     targets = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in rag["volumes"]}
     assert {"/app/models", "/app/indexes"} <= targets
 

@@ -32,8 +32,7 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
-            await service.close()
-            service.shutdown()
+            await service.stop()
 
     app = FastAPI(
         title="rag-service",
