@@ -1,4 +1,4 @@
-"""``rag-service`` command line: serve, prepare-models, build-index, ingest, reindex, env-example."""
+"""``rag-service`` command line: serve, prepare-models, build-index, ingest, reindex, compact, env-example."""
 
 from __future__ import annotations
 
@@ -158,6 +158,28 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(settings: Settings, args: argparse.Namespace) -> int:
+    from rag_service.store import STORE_FILE, DocumentStore
+
+    folder = Path(args.index_dir) if args.index_dir else settings.index_path
+    if not DocumentStore.exists(folder):
+        print(f"error: no document store at {folder / STORE_FILE}", file=sys.stderr, flush=True)
+        return 2
+
+    def size() -> int:
+        return sum(p.stat().st_size for p in folder.glob(f"{STORE_FILE}*") if p.is_file())
+
+    before = size()
+    print(f"compacting {folder / STORE_FILE} ({before / 1e6:.1f} MB): rewrites the file once", flush=True)
+    store = DocumentStore.open(folder)  # strips tombstones an older version kept whole
+    try:
+        store.vacuum()
+    finally:
+        store.close()
+    print(f"compacted {folder / STORE_FILE}: {before / 1e6:.1f} MB -> {size() / 1e6:.1f} MB", flush=True)
+    return 0
+
+
 def cmd_env_example(settings: Settings, args: argparse.Namespace) -> int:
     from rag_service.config import render_env_example
 
@@ -201,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     reindex = sub.add_parser("reindex", help="re-embed the stored documents with the configured encoder")
     reindex.add_argument("--index-dir", help="index folder (default: the served index)")
     reindex.set_defaults(func=cmd_reindex)
+
+    compact = sub.add_parser("compact", help="give the space of deleted chunks back to the disk (VACUUM)")
+    compact.add_argument("--index-dir", help="index folder (default: the served index)")
+    compact.set_defaults(func=cmd_compact)
 
     env = sub.add_parser("env-example", help="print every setting as a commented .env file")
     env.set_defaults(func=cmd_env_example)

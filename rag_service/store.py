@@ -173,6 +173,13 @@ class DocumentStore:
             db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows.items())
         return cls(path, db)
 
+    def vacuum(self) -> None:
+        """Rewrite the file without its free pages (``rag-service compact``): the space tombstones
+        gave up goes back to the disk. Row ids, and so vector ids, are kept."""
+        with self._lock:
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def close(self) -> None:
         with self._readers_lock:
             for reader in self._reader_list:

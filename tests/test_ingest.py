@@ -247,16 +247,24 @@ def test_replaced_chunks_give_their_space_back(
     assert live.tombstones == 0 and len(live) == len(vids)
 
 
-def test_old_tombstones_are_stripped_when_the_store_is_opened(
+def _closed_index(
     tmp_path: Path, encoder: Encoder, corpus: list[Document]
-) -> None:
-    """A database written before tombstones were stripped: they lose text and embedding once."""
+) -> tuple[Path, IndexSpec, set[int]]:
+    """An index folder holding ``corpus``, closed: its folder, spec and live vector ids."""
     folder = tmp_path / "idx"
     settings = _settings()
     live = open_or_create(folder, encoder, settings)
     Ingestor(live, encoder, chunker_for(encoder, settings)).upsert(corpus)
     expected = live.live_ids()
     live.close()
+    return folder, live.spec, expected
+
+
+def test_old_tombstones_are_stripped_when_the_store_is_opened(
+    tmp_path: Path, encoder: Encoder, corpus: list[Document]
+) -> None:
+    """A database written before tombstones were stripped: they lose text and embedding once."""
+    folder, spec, expected = _closed_index(tmp_path, encoder, corpus)
     db = sqlite3.connect(folder / STORE_FILE)
     with db:  # an old-style tombstone: the row kept whole
         db.execute("UPDATE chunks SET deleted_seq = 2 WHERE doc_id = 'pyref:assert'")
@@ -267,13 +275,47 @@ def test_old_tombstones_are_stripped_when_the_store_is_opened(
         db.execute("UPDATE meta SET value = '2' WHERE key = 'last_seq'")
     dead = {r[0] for r in db.execute("SELECT vector_id FROM chunks WHERE deleted_seq = 2")}
     db.close()
-    reopened = LiveIndex.open(folder, live.spec, settings.index)
+    reopened = LiveIndex.open(folder, spec, _settings().index)
     assert reopened.live_ids() == expected - dead
     db = sqlite3.connect(folder / STORE_FILE)
     rows = db.execute("SELECT vector_id, text, embedding FROM chunks WHERE deleted_seq = 2").fetchall()
     db.close()
     assert {r[0] for r in rows} == dead and all(r[1] == "" and r[2] == b"" for r in rows)
     assert "pyref:assert" not in _top_doc(reopened, encoder, "What does the assert statement do?", k=30)
+    reopened.close()
+
+
+def test_compact_strips_old_tombstones_and_shrinks_the_file(
+    tmp_path: Path, encoder: Encoder, corpus: list[Document]
+) -> None:
+    folder, spec, expected = _closed_index(tmp_path, encoder, corpus)
+    db = sqlite3.connect(folder / STORE_FILE)
+    with db:  # 20 earlier versions of every chunk, tombstoned the old way: kept whole
+        for _ in range(20):
+            db.execute(
+                "INSERT INTO chunks (chunk_id, doc_id, title, text, embedding, seq, deleted_seq) "
+                "SELECT chunk_id, doc_id, title, text, embedding, 1, 2 FROM chunks WHERE deleted_seq IS NULL"
+            )
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'last_seq'")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    before = (folder / STORE_FILE).stat().st_size
+
+    done = _cli("compact", "--index-dir", str(folder))
+    assert done.returncode == 0, done.stderr
+    assert "MB ->" in done.stdout
+    after = (folder / STORE_FILE).stat().st_size
+    assert after < before / 4, (before, after)
+    assert _cli("compact", "--index-dir", str(tmp_path / "none")).returncode == 2
+
+    reopened = LiveIndex.open(folder, spec, _settings().index)  # same vector ids, same snapshot
+    assert reopened.live_ids() == expected
+    assert reopened.store.stats()["tombstoned_chunks"] == 20 * len(expected)
+    assert _top_doc(reopened, encoder, "What does the assert statement do?")[0] == "pyref:assert"
+    (top, _), *_ = reopened.store.text_search("assert statement", 5)
+    passage = reopened.passage(top)
+    assert passage is not None and passage.doc_id == "pyref:assert"
+    _assert_exactly_once(reopened)
     reopened.close()
 
 
