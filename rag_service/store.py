@@ -279,7 +279,17 @@ class DocumentStore:
             live = self._db.execute("SELECT count(*) FROM chunks WHERE deleted_seq IS NULL").fetchone()[0]
             dead = self._db.execute("SELECT count(*) FROM chunks WHERE deleted_seq IS NOT NULL").fetchone()[0]
             last = _last_seq(self._db)
-        return {"documents": docs, "chunks": live, "tombstoned_chunks": dead, "last_seq": last}
+            page = self._db.execute("PRAGMA page_size").fetchone()[0]
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return {
+            "documents": docs,
+            "chunks": live,
+            "tombstoned_chunks": dead,
+            "last_seq": last,
+            "database_bytes": pages * page,
+            "free_bytes": free * page,  # what `rag-service compact` would give back to the disk
+        }
 
     def text_search(self, text: str, k: int, *, until: float | None = None) -> list[tuple[int, float]]:
         """Lexical search (``lexical.search``): the best ``k`` (vector id, BM25 score) pairs among the

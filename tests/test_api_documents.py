@@ -81,6 +81,7 @@ def test_upsert_search_replace_delete(client: httpx.Client) -> None:
     assert stats["documents"] == stats0["documents"] + 2
     assert stats["tombstones"] >= 1 and stats["applied_seq"] == stats["last_seq"]
     assert stats["encoder"] and stats["dimension"] == 384
+    assert stats["database_bytes"] > stats["free_bytes"] >= 0
 
     # Delete: gone from the very next search.
     r = client.delete("/v1/documents/test:kettle")

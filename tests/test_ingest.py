@@ -281,6 +281,7 @@ def test_old_tombstones_are_stripped_when_the_store_is_opened(
     rows = db.execute("SELECT vector_id, text, embedding FROM chunks WHERE deleted_seq = 2").fetchall()
     db.close()
     assert {r[0] for r in rows} == dead and all(r[1] == "" and r[2] == b"" for r in rows)
+    assert reopened.store.stats()["free_bytes"] > 0, "the stripped bytes are free pages now"
     assert "pyref:assert" not in _top_doc(reopened, encoder, "What does the assert statement do?", k=30)
     reopened.close()
 
@@ -310,7 +311,9 @@ def test_compact_strips_old_tombstones_and_shrinks_the_file(
 
     reopened = LiveIndex.open(folder, spec, _settings().index)  # same vector ids, same snapshot
     assert reopened.live_ids() == expected
-    assert reopened.store.stats()["tombstoned_chunks"] == 20 * len(expected)
+    stats = reopened.store.stats()
+    assert stats["tombstoned_chunks"] == 20 * len(expected)
+    assert stats["free_bytes"] == 0 and stats["database_bytes"] == after
     assert _top_doc(reopened, encoder, "What does the assert statement do?")[0] == "pyref:assert"
     (top, _), *_ = reopened.store.text_search("assert statement", 5)
     passage = reopened.passage(top)
