@@ -134,15 +134,16 @@ class VllmGenerator:
     @property
     def unfinished_requests(self) -> int:
         """Requests the engine still holds: drops as soon as an abort took effect (metrics, tests)."""
-        return int(self._engine.get_num_unfinished_requests())
+        return 0 if self._engine is None else int(self._engine.get_num_unfinished_requests())
 
     @property
     def healthy(self) -> bool:
         """False once the engine core process has died: the service can no longer answer."""
-        return not self._engine.errored
+        return self._engine is not None and not self._engine.errored
 
     def shutdown(self) -> None:
-        self._engine.shutdown()
-        # Let the engine be freed by the collection after this (gc_pauses.thaw), while the interpreter
-        # is whole: freed at exit instead, its __del__ fails on half-torn-down modules and prints a traceback.
-        del self._engine
+        # Dropped here so that the collection after this (gc_pauses.thaw) frees the engine while the
+        # interpreter is whole: freed at exit instead, its __del__ fails on half-torn-down modules.
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
