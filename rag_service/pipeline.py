@@ -260,6 +260,11 @@ class Pipeline:
             self.metrics.fallbacks.labels(EMBED_LATE).inc()
             return None
 
+    def _count_timeout(self, exc: DeadlineExceeded, timer: RequestTimer) -> None:
+        """A stage over budget that fails the request (a 504): counted, and logged with what it took."""
+        self.metrics.timeouts.labels(exc.stage).inc()
+        log.warning("%s stage over budget: 504; timings so far %s ms", exc.stage, timer.ms)
+
     async def _timed(self, timer: RequestTimer, name: str, work: Awaitable[list[Hit]]) -> list[Hit]:
         started = time.monotonic()
         try:
@@ -291,17 +296,13 @@ class Pipeline:
         faults: FaultDelays | None,
     ) -> Retrieval:
         """The passages for one query in ``mode``, within ``stage`` (see the module's docstring)."""
-        if mode == "lexical":
+        if vector is None:  # lexical mode, or a hybrid search whose embedding was late (``_vector_for``)
             hits = await self._timed(
                 timer, "retrieve_lexical", self._lexical(text, top_k, stage.ends_at, faults)
             )
-            return Retrieval(hits, mode)
-        if vector is None and mode == "hybrid":  # the embedding was late (``_vector_for``)
-            hits = await self._timed(
-                timer, "retrieve_lexical", self._lexical(text, top_k, stage.ends_at, faults)
-            )
+            if mode == "lexical":
+                return Retrieval(hits, mode)
             return Retrieval(hits, mode, fallback=LEXICAL, reason=EMBED_LATE)
-        assert vector is not None, "a dense search needs the query vector"
         if mode == "dense":
             hits = await self._timed(timer, "retrieve_dense", self._dense(vector, top_k, faults))
             return Retrieval(hits, mode)
@@ -360,8 +361,7 @@ class Pipeline:
             with timer.stage("retrieve", budgets.retrieve_ms) as stage:
                 found = await stage.run(self._search(query, vector, top_k, mode, stage, timer, faults))
         except DeadlineExceeded as exc:
-            self.metrics.timeouts.labels(exc.stage).inc()
-            log.warning("%s stage over budget: 504; timings so far %s ms", exc.stage, timer.ms)
+            self._count_timeout(exc, timer)
             raise
         return SearchResult(found.hits, timer.finish(), found)
 
@@ -421,8 +421,7 @@ class Pipeline:
                 context = Context(hits=[], tokens=0, budget=0)
                 prompt_ids = self._prompt(req, context)
         except DeadlineExceeded as exc:
-            self.metrics.timeouts.labels(exc.stage).inc()
-            log.warning("%s stage over budget: 504; timings so far %s ms", exc.stage, timer.ms)
+            self._count_timeout(exc, timer)
             raise
 
         usage = Usage(prompt_tokens=len(prompt_ids), context_tokens=context.tokens)

@@ -380,21 +380,9 @@ class DocumentStore:
             "(SELECT vector_id FROM chunks WHERE doc_id = ? AND deleted_seq IS NULL)",
             (doc_id,),
         )
-        # A tombstone keeps the row (its vector id and sequence numbers tell a graph what to drop) but
-        # not the text and embedding, which nothing reads again. Deleting the row and writing back the
-        # small one, unlike an UPDATE, lets SQLite merge the emptied pages, which new chunks reuse:
-        # re-ingesting a changed corpus does not grow the file by the old copy.
-        dead = self._db.execute(
-            "SELECT vector_id, chunk_id, seq FROM chunks WHERE doc_id = ? AND deleted_seq IS NULL", (doc_id,)
-        ).fetchall()
-        self._db.execute("DELETE FROM chunks WHERE doc_id = ? AND deleted_seq IS NULL", (doc_id,))
-        self._db.executemany(
-            "INSERT INTO chunks (vector_id, chunk_id, doc_id, title, text, embedding, seq, deleted_seq) "
-            "VALUES (?, ?, ?, '', '', x'', ?, ?)",
-            [(vid, chunk_id, doc_id, added, seq) for vid, chunk_id, added in dead],
-        )
+        dead = _strip(self._db, "doc_id = ? AND deleted_seq IS NULL", (doc_id,), deleted_seq=seq)
         existed = self._db.execute("SELECT 1 FROM documents WHERE id = ?", (doc_id,)).fetchone()
-        return max(len(dead), 1 if existed else 0)
+        return max(dead, 1 if existed else 0)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -422,23 +410,32 @@ def _ensure_text_index(db: sqlite3.Connection) -> None:
         )
 
 
+def _strip(db: sqlite3.Connection, where: str, params: Sequence[Any], *, deleted_seq: int | None) -> int:
+    """Turn the chunks ``where`` matches into tombstones: rows that keep their ids and sequence numbers
+    (what a graph needs to drop the vector) but not the text and embedding, which nothing reads again.
+    ``deleted_seq``: the batch that tombstones them (None: they are tombstones already). The rows are
+    deleted and written back small, because unlike an UPDATE a delete lets SQLite merge the emptied
+    pages, which new chunks then reuse: replacing a corpus does not grow the file by the old copy."""
+    rows = db.execute(
+        f"SELECT vector_id, chunk_id, doc_id, seq, deleted_seq FROM chunks WHERE {where}", params
+    ).fetchall()
+    db.execute(f"DELETE FROM chunks WHERE {where}", params)
+    db.executemany(
+        "INSERT INTO chunks (vector_id, chunk_id, doc_id, title, text, embedding, seq, deleted_seq) "
+        "VALUES (?, ?, ?, '', '', x'', ?, ?)",
+        [(*row[:4], row[4] if deleted_seq is None else deleted_seq) for row in rows],
+    )
+    return len(rows)
+
+
 def _strip_old_tombstones(db: sqlite3.Connection) -> None:
-    """Tombstones written before they were stripped (``_tombstone``) lose their text and embedding,
-    once, in one transaction. The freed pages are reused by new chunks; ``VACUUM`` returns them."""
-    fat = "SELECT 1 FROM chunks WHERE deleted_seq IS NOT NULL AND length(embedding) > 0 LIMIT 1"
-    if not db.execute(fat).fetchone():
+    """Tombstones written before they were stripped (``_strip``) lose their text and embedding, once,
+    in one transaction. The freed pages are reused by new chunks; ``rag-service compact`` returns them."""
+    fat = "deleted_seq IS NOT NULL AND length(embedding) > 0"
+    if not db.execute(f"SELECT 1 FROM chunks WHERE {fat} LIMIT 1").fetchone():
         return
     with _transaction(db):
-        db.execute(
-            "CREATE TEMP TABLE stripped AS SELECT vector_id, chunk_id, doc_id, seq, deleted_seq FROM chunks "
-            "WHERE deleted_seq IS NOT NULL AND length(embedding) > 0"
-        )
-        db.execute("DELETE FROM chunks WHERE vector_id IN (SELECT vector_id FROM stripped)")
-        db.execute(
-            "INSERT INTO chunks (vector_id, chunk_id, doc_id, title, text, embedding, seq, deleted_seq) "
-            "SELECT vector_id, chunk_id, doc_id, '', '', x'', seq, deleted_seq FROM stripped"
-        )
-        db.execute("DROP TABLE stripped")
+        _strip(db, fat, (), deleted_seq=None)
 
 
 class _transaction:
