@@ -1,4 +1,5 @@
-"""``rag-service`` command line: serve, prepare-models, build-index, ingest, reindex, compact, env-example."""
+"""``rag-service`` command line: serve, prepare-models, build-index, calibrate, doctor, ingest, reindex,
+compact, env-example."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from rag_service.calibration import DEFAULT_RECORD
 from rag_service.config import DEFAULT_GENERATOR, Settings, get_settings
 
 log = logging.getLogger("rag_service")
@@ -180,6 +182,54 @@ def cmd_compact(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rag_service import calibration
+
+    env_file = Path(args.env_file)
+    if args.if_needed:
+        from rag_service.heavy_imports import import_heavy_libraries
+
+        import_heavy_libraries()
+        current = calibration.fingerprint(settings)
+        if calibration.calibrated_fingerprint(env_file) == current:
+            print(f"budgets already calibrated for this machine and these settings in {env_file}", flush=True)
+            return 0
+    result, print_id = asyncio.run(calibration.calibrate(settings, singles=args.singles, rounds=args.rounds))
+    budgets = settings.budget.as_dict()
+    print(f"\n{'stage':<12} {'p50 ms':>9} {'p99 ms':>9} {'proposed':>9} {'in force':>9}", flush=True)
+    for stage, proposed in result.proposed_ms.items():
+        p50 = result.concurrent["measured_ms"].get(stage, {}).get("p50", 0.0)
+        p99 = result.p99_ms.get(stage, 0.0)
+        print(f"{stage:<12} {p50:>9.0f} {p99:>9.0f} {proposed:>9.0f} {budgets[stage]:>9.0f}", flush=True)
+    print(
+        f"(p50 of the {settings.admission.max_in_flight}-at-once rounds, p99 of every answer; "
+        f"proposed = {calibration.HEADROOM:g}x p99, see README)",
+        flush=True,
+    )
+    if args.dry_run:
+        print("dry run: nothing written", flush=True)
+        return 0
+    kept = calibration.write_env_block(env_file, result.proposed_ms, calibration.env_header(result, print_id))
+    result.kept = kept
+    calibration.write_record(Path(args.record), result)
+    for stage in kept:
+        print(f"kept {calibration.ENV_NAMES[stage]}: set by hand, explicit values win", flush=True)
+    print(f"wrote the budgets to {env_file} and the measurements to {args.record}", flush=True)
+    return 0
+
+
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from rag_service import doctor
+
+    if args.json:
+        print(doctor.report_json(settings), flush=True)
+    else:
+        sys.stdout.write(doctor.report(settings, args.url))
+    return 0
+
+
 def cmd_env_example(settings: Settings, args: argparse.Namespace) -> int:
     from rag_service.config import render_env_example
 
@@ -206,6 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--corpus", help="BEIR-style corpus.jsonl instead of the built-in default corpus")
     build.add_argument("--force", action="store_true", help="rebuild even if the index exists")
     build.set_defaults(func=cmd_build_index)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="measure every stage on this machine and write budgets with headroom into .env",
+    )
+    cal.add_argument("--env-file", default=".env", help="settings file to write the budgets to")
+    cal.add_argument("--record", default=str(DEFAULT_RECORD), help="JSON file for the measurements")
+    cal.add_argument("--singles", type=int, default=3, help="rounds of one question")
+    cal.add_argument("--rounds", type=int, default=3, help="rounds of max_in_flight questions at once")
+    cal.add_argument("--if-needed", action="store_true", help="skip when .env holds a calibration of this")
+    cal.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
+    cal.set_defaults(func=cmd_calibrate)
+
+    doc = sub.add_parser("doctor", help="print the machine, the resolved settings and what was measured")
+    doc.add_argument("--url", help="also ask a running server what its budget check measured")
+    doc.add_argument("--json", action="store_true", help="machine-readable output")
+    doc.set_defaults(func=cmd_doctor)
 
     ingest = sub.add_parser(
         "ingest",
@@ -237,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
     _setup_logging(settings.server.log_level)
+    if args.command in ("serve", "calibrate"):
+        from rag_service.preload import reexec_with_preload
+
+        reexec_with_preload(settings.generator, sys.argv[1:] if argv is None else argv)
     result: int = args.func(settings, args)
     return result
 

@@ -41,7 +41,8 @@ class Encoder:
         self.model_id = settings.model
         self.batch_size = settings.batch_size
         self.device = torch_device(settings.device, cuda_devices())
-        self.dtype = encoder_dtype(settings.dtype, self.device)
+        self.dtype_choice = encoder_dtype(settings.dtype, self.device)
+        self.dtype = self.dtype_choice.dtype
         self._model = SentenceTransformer(
             path, device=self.device, model_kwargs={"torch_dtype": getattr(torch, self.dtype)}
         )
@@ -51,12 +52,13 @@ class Encoder:
         self.dimension: int = int(dim)
         self.max_seq_length: int = int(self._model.max_seq_length or 0)
         log.info(
-            "encoder %s loaded from %s (dim %d, %s, %s)",
+            "encoder %s loaded from %s (dim %d, %s, %s: %s)",
             self.model_id,
             path,
             self.dimension,
             self.device,
             self.dtype,
+            self.dtype_choice.reason,
         )
 
     @property

@@ -97,6 +97,9 @@ class DelayedGenerator:
     def healthy(self) -> bool:
         return self._real.healthy
 
+    async def reset_prefix_cache(self) -> None:
+        await self._real.reset_prefix_cache()
+
     def shutdown(self) -> None:
         self._real.shutdown()
 

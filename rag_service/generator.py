@@ -36,6 +36,9 @@ class Generator(Protocol):
     @property
     def healthy(self) -> bool: ...
 
+    async def reset_prefix_cache(self) -> None:
+        """Forget cached prompt prefixes, so the next prompt pays its full prefill (readiness checks)."""
+
     def shutdown(self) -> None: ...
 
 
@@ -70,7 +73,7 @@ class VllmGenerator:
         # No local names the engine: a module imported above keeps an exception whose traceback
         # reaches this frame, and a local here would keep the engine alive after ``shutdown``.
         generator = cls(AsyncLLM.from_engine_args(args))
-        log.info("vLLM engine started for %s", settings.model)
+        log.info("vLLM engine started for %s (%s)", settings.model, settings.dtype)
         return generator
 
     async def stream(
@@ -130,6 +133,10 @@ class VllmGenerator:
                     # Closed early (client disconnect, cancellation): stop the work in the engine.
                     await self._engine.abort(request_id)
                     log.info("aborted generation %s after %d tokens", request_id, completion_tokens)
+
+    async def reset_prefix_cache(self) -> None:
+        if self._engine is not None and not await self._engine.reset_prefix_cache():
+            log.warning("vLLM did not reset its prefix cache (requests still running?)")
 
     @property
     def unfinished_requests(self) -> int:

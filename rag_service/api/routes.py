@@ -149,13 +149,16 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> OrjsonResponse:
-    """200 once every stage is loaded and warmed up; 503 with the reason before (or on failure)."""
+    """200 once every stage is loaded, warmed up and answered fresh questions within its budget; 503
+    with the reason before, on failure, or when the budgets cannot be met here (``over_budget``).
+    Also: the machine, the dtypes chosen and why, the budgets, and what the budget check measured."""
     service = _service(request)
     service.check()
     body: dict[str, Any] = {"status": service.state.value, "reason": service.reason}
     if service.state is State.READY:
         body["cold_start_s"] = service.cold_start_s
-        body["budgets_ms"] = service.settings.budget.as_dict()
+    body.update(service.describe())
+    if service.state is State.READY:
         return OrjsonResponse(body)
     return OrjsonResponse(body, status_code=503, headers={"Retry-After": "5"})
 
