@@ -8,7 +8,7 @@ FROM python:3.11-slim
 
 # make runs the recipe; gcc/g++ build the few packages without a wheel for the platform.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends make gcc g++ \
+    && apt-get install -y --no-install-recommends make gcc g++ libtcmalloc-minimal4 \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
@@ -31,5 +31,6 @@ ENV EXTRAS=${EXTRAS} RAG_SERVER__HOST=0.0.0.0 RAG_SERVER__PORT=8000
 EXPOSE 8000
 # models/ and indexes/ are volumes: converted weights and built indexes survive the container.
 VOLUME ["/app/models", "/app/indexes"]
-# `make run` is `make index` then `rag-service serve`; serve is exec'd so it gets the stop signal itself.
-CMD ["sh", "-c", "make index EXTRAS=$EXTRAS && exec .venv/bin/rag-service serve"]
+# `make run` is `make calibrate` (index, then budgets measured on the machine the container runs on)
+# then `rag-service serve`; serve is exec'd so it gets the stop signal itself.
+CMD ["sh", "-c", "make calibrate EXTRAS=$EXTRAS && exec .venv/bin/rag-service serve"]

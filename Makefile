@@ -8,7 +8,7 @@ EXTRAS ?= cpu,dev,load
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install models index run test loadtest loadtest-run bench lint format clean compose-tool
+.PHONY: install models index calibrate allocator run test test-startup loadtest loadtest-run bench lint format clean compose-tool
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,23 @@ models: install
 index: models
 	$(BIN)/rag-service build-index
 
-run: index
+# vLLM's CPU backend wants tcmalloc preloaded (rag_service/preload.py does it at `serve`); Debian's
+# package, best effort: without it the service runs, with glibc's allocator, and `doctor` says so.
+TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+allocator:
+	@test -e $(TCMALLOC) || [ "$$(uname -m)" != x86_64 ] \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	       && { apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
+	            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; }; } \
+	       && echo "installed libtcmalloc-minimal4 (preloaded for vLLM)"; } \
+	  || echo "libtcmalloc-minimal4 not installed (sudo apt-get install libtcmalloc-minimal4): serving without it"
+
+# Budgets sized to this machine, written into .env once (again when the machine or the settings that
+# the timing depends on change). Explicit RAG_BUDGET__* values always win; see README, Latency budgets.
+calibrate: index allocator
+	$(BIN)/rag-service calibrate --if-needed
+
+run: calibrate
 	$(BIN)/rag-service serve
 
 # Debian's docker-compose (1.29) validates docker-compose.yml without a Docker engine; best effort:
@@ -49,7 +65,7 @@ compose-tool:
 	       && echo "installed docker-compose for the deployment tests"; } \
 	  || echo "docker-compose not available: the deployment tests will be skipped"
 
-test: index compose-tool $(BENCH_STAMP)
+test: index compose-tool allocator $(BENCH_STAMP)
 	$(BIN)/python -m pytest -ra
 
 # Headless Locust run with a pass/fail verdict on the stage budgets; starts (and stops) a server on

@@ -23,6 +23,9 @@ from rag_service.model_prep import is_prepared
 from rag_service.store import DocumentStore
 
 REPO = Path(__file__).resolve().parents[1]
+# Hermetic settings: a developer's .env (calibrated budgets from `make run`, edits) must not change what
+# the suite checks. Settings() in this process reads no .env, and servers start in an empty folder.
+Settings.model_config["env_file"] = None
 SHARED_DATA = Path(os.environ.get("RAG_SHARED_DATA", REPO.parent / "shared" / "data"))
 GENERATOR_DIR = REPO / "models" / "smollm2-135m-instruct"
 SERVER_START_TIMEOUT_S = 420
@@ -101,63 +104,84 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture(scope="session")
-def live_server(
-    settings: Settings, default_index_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    """``rag-service serve`` in a subprocess on a free port: the real thing, vLLM included."""
+# Budgets loose enough that functional tests do not time out or degrade when other work loads the
+# machine; tests/test_budgets.py breaks budgets on purpose (added delays, tight deadlines).
+LOOSE_BUDGETS = {
+    "RAG_BUDGET__EMBED_MS": "2000",
+    "RAG_BUDGET__RETRIEVE_MS": "1000",
+    "RAG_BUDGET__FIRST_TOKEN_MS": "60000",
+    "RAG_BUDGET__GENERATE_MS": "90000",
+    "RAG_BUDGET__TOTAL_MS": "120000",
+}
+
+
+def start_server(
+    settings: Settings, index_dir: Path, log_path: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``rag-service serve`` in a subprocess on a free port, serving ``index_dir``."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    # The server gets a copy of the default index: the documents API tests write to it.
-    index_dir = tmp_path_factory.mktemp("indexes")
-    shutil.copytree(default_index_dir, index_dir / settings.index.name)
-    env = {
+    full_env = {
         **os.environ,
         "RAG_SERVER__PORT": str(port),
         "RAG_GENERATOR__MODEL": settings.generator.model,
         "RAG_INDEX__DIR": str(index_dir),
         "RAG_INDEX__NAME": settings.index.name,
-        "RAG_SERVER__MAX_BODY_BYTES": "65536",
-        # Test-only: honour X-Rag-Fault-Delay (delays added around the real stages, for budget tests).
-        "RAG_FAULTS__ENABLED": "true",
-        # Budgets loose enough that functional tests do not time out or degrade when other work loads
-        # the machine; tests/test_budgets.py breaks budgets on purpose (added delays, tight deadlines).
-        "RAG_BUDGET__EMBED_MS": "2000",
-        "RAG_BUDGET__RETRIEVE_MS": "1000",
-        "RAG_BUDGET__FIRST_TOKEN_MS": "60000",
-        "RAG_BUDGET__GENERATE_MS": "90000",
-        "RAG_BUDGET__TOTAL_MS": "120000",
-        "RAG_INGEST__MAX_BATCH_DOCS": "8",
+        **env,
     }
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rag_service.cli", "serve"],
-            cwd=REPO,
-            env=env,
+            cwd=log_path.parent,  # no .env there (see above); every path it needs is absolute
+            env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_until_started(
+    proc: subprocess.Popen[bytes], url: str, log_path: Path
+) -> tuple[httpx.Response, bool]:
+    """Polls ``/readyz`` until the service is no longer starting; returns the last answer and whether
+    a 503 ``starting`` was seen before it. A process that exits or never settles fails the test."""
     saw_not_ready = False
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=2)
+            if r.json().get("status") != "starting":
+                return r, saw_not_ready
+            saw_not_ready = saw_not_ready or r.status_code == 503
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    settings: Settings, default_index_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """``rag-service serve`` in a subprocess on a free port: the real thing, vLLM included."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    # The server gets a copy of the default index: the documents API tests write to it.
+    index_dir = tmp_path_factory.mktemp("indexes")
+    shutil.copytree(default_index_dir, index_dir / settings.index.name)
+    env = {
+        "RAG_SERVER__MAX_BODY_BYTES": "65536",
+        # Test-only: honour X-Rag-Fault-Delay (delays added around the real stages, for budget tests).
+        "RAG_FAULTS__ENABLED": "true",
+        **LOOSE_BUDGETS,
+        "RAG_INGEST__MAX_BATCH_DOCS": "8",
+    }
+    proc, url = start_server(settings, index_dir, log_path, env)
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"server not ready after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}"
-                )
-            try:
-                r = httpx.get(f"{url}/readyz", timeout=2)
-                if r.status_code == 200:
-                    break
-                saw_not_ready = saw_not_ready or r.status_code == 503
-                if r.json().get("status") == "failed":
-                    pytest.fail(f"server failed to start: {r.json()}\n{log_path.read_text()[-4000:]}")
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        r, saw_not_ready = wait_until_started(proc, url, log_path)
+        if r.status_code != 200:
+            pytest.fail(f"server failed to start: {r.json()}\n{log_path.read_text()[-4000:]}")
         yield LiveServer(url, log_path, saw_not_ready)
         # Every test is done: Ctrl-C must now stop the server cleanly (see _check_clean_shutdown).
         proc.send_signal(signal.SIGINT)

@@ -64,7 +64,7 @@ def test_dockerfile_installs_the_way_the_readme_does() -> None:
     """The image must run the CI-tested recipe, not a hand-written copy of it."""
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "make install EXTRAS=" in dockerfile
-    assert "make index" in dockerfile and "rag-service serve" in dockerfile
+    assert "make calibrate" in dockerfile and "rag-service serve" in dockerfile
     assert "pip install -r" not in dockerfile, "install through `make install` only"
     readme = (REPO / "README.md").read_text()
     assert "make run" in readme and "make test" in readme

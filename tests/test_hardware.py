@@ -8,7 +8,16 @@ import pytest
 
 from rag_service.config import EncoderSettings
 from rag_service.encoder import Encoder
-from rag_service.hardware import cuda_devices, encoder_dtype, faiss_gpus, index_backend, torch_device
+from rag_service.hardware import (
+    CpuFeatures,
+    cpu_features,
+    cuda_devices,
+    encoder_dtype,
+    faiss_gpus,
+    generator_dtype,
+    index_backend,
+    torch_device,
+)
 
 HAS_CUDA = cuda_devices() > 0
 
@@ -28,17 +37,74 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
         torch_device("tpu", 1)
 
 
+# The machine kinds this project has run on: AMD EPYC Zen 4 (AVX-512 with bf16), AMD EPYC Zen 3 (AVX2
+# only: emulated bf16 ran 15x slower), an AMX Xeon, and that Xeon with torch/oneDNN capped at AVX2.
+ZEN4 = CpuFeatures(
+    model="AMD EPYC Zen 4",
+    flags=frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"}),
+    torch_capability="AVX512",
+)
+ZEN3 = CpuFeatures(model="AMD EPYC Zen 3", flags=frozenset({"avx2", "fma"}), torch_capability="AVX2")
+XEON_AMX = CpuFeatures(
+    model="Xeon", flags=frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), torch_capability="AVX512"
+)
+XEON_CAPPED = CpuFeatures(
+    model="Xeon",
+    flags=XEON_AMX.flags,
+    torch_capability="AVX2",  # ATEN_CPU_CAPABILITY=avx2
+    onednn_max_isa="AVX2",
+)
+
+
+@pytest.mark.parametrize(
+    ("cpu", "native"),
+    [(ZEN4, True), (ZEN3, False), (XEON_AMX, True), (XEON_CAPPED, False)],
+)
+def test_native_bf16_needs_the_instructions_and_kernels_that_use_them(cpu: CpuFeatures, native: bool) -> None:
+    assert cpu.native_bf16 is native
+    choice = generator_dtype("auto", gpus=0, cpu=cpu)
+    assert choice.dtype == ("bfloat16" if native else "float32")
+    assert choice.reason  # logged, shown by /readyz and doctor
+    assert encoder_dtype("auto", "cpu", cpu).dtype == ("bfloat16" if native else "float32")
+
+
+def test_onednn_capped_below_bf16_makes_bf16_emulated() -> None:
+    capped = CpuFeatures(flags=XEON_AMX.flags, torch_capability="AVX512", onednn_max_isa="AVX512_CORE_VNNI")
+    assert not capped.native_bf16
+    amx = CpuFeatures(flags=XEON_AMX.flags, torch_capability="AVX512", onednn_max_isa="avx512_core_amx")
+    assert amx.native_bf16
+
+
+def test_generator_dtype_on_gpus_and_explicit_choices() -> None:
+    assert generator_dtype("auto", gpus=1, gpu_bf16=True).dtype == "bfloat16"
+    assert generator_dtype("auto", gpus=1, gpu_bf16=False).dtype == "float16"
+    assert generator_dtype("float", gpus=0, cpu=ZEN3).dtype == "float32"  # vLLM's alias
+    explicit = generator_dtype("bfloat16", gpus=0, cpu=ZEN3)
+    assert explicit.dtype == "bfloat16" and "emulated" in explicit.reason  # allowed, but said
+    assert generator_dtype("bfloat16", gpus=0, cpu=ZEN4).reason == "set explicitly"
+    with pytest.raises(ValueError, match="unknown generator dtype"):
+        generator_dtype("int3", gpus=0, cpu=ZEN4)
+
+
+def test_isa_names_label_benchmark_figures() -> None:
+    assert ZEN3.isa == "AVX2"
+    assert ZEN4.isa == "AVX-512+AVX512_BF16+VNNI"
+    assert XEON_AMX.isa == "AVX-512+AVX512_BF16+AMX"
+
+
+def test_this_machine_is_read() -> None:
+    cpu = cpu_features()
+    assert cpu.cores >= 1 and cpu.memory_gib > 0
+    assert cpu.torch_capability != "unknown"
+    assert cpu.describe()["native_bf16"] is cpu.native_bf16
+
+
 @pytest.mark.parametrize(
     ("requested", "device", "expected"),
-    [
-        ("auto", "cuda", "float16"),
-        ("auto", "cpu", "float32"),
-        ("bfloat16", "cpu", "bfloat16"),
-        ("float32", "cuda", "float32"),
-    ],
+    [("auto", "cuda", "float16"), ("bfloat16", "cpu", "bfloat16"), ("float32", "cuda", "float32")],
 )
 def test_encoder_dtype_selection(requested: str, device: str, expected: str) -> None:
-    assert encoder_dtype(requested, device) == expected  # type: ignore[arg-type]
+    assert encoder_dtype(requested, device).dtype == expected  # type: ignore[arg-type]
 
 
 def test_float16_on_the_cpu_is_refused() -> None:
@@ -55,15 +121,17 @@ def test_probes_agree_with_this_machine() -> None:
 
 def test_auto_encoder_runs_where_the_probe_says(encoder: Encoder) -> None:
     assert encoder.device == ("cuda" if HAS_CUDA else "cpu")
-    assert encoder.dtype == ("float16" if HAS_CUDA else "float32")
+    expected = "float16" if HAS_CUDA else ("bfloat16" if cpu_features().native_bf16 else "float32")
+    assert encoder.dtype == expected
 
 
-def test_half_precision_encoder_stays_close_and_normalized(encoder: Encoder) -> None:
+def test_half_precision_encoder_stays_close_and_normalized() -> None:
     """bfloat16 on the CPU (the same code path as float16 on a GPU): unit vectors, cosine >= 0.99."""
 
+    full = Encoder(EncoderSettings(device="cpu", dtype="float32"))
     half = Encoder(EncoderSettings(device="cpu", dtype="bfloat16"))
     texts = ["The pass statement does nothing.", "Lambda expressions create anonymous functions."]
-    a, b = encoder.encode_passages(texts), half.encode_passages(texts)
+    a, b = full.encode_passages(texts), half.encode_passages(texts)
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
     assert (a * b).sum(axis=1).min() > 0.99
 

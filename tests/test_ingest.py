@@ -29,6 +29,7 @@ from rag_service.ingest import (
     stored_documents,
 )
 from rag_service.lexical import FTS_TABLE
+from rag_service.prompt import PromptBuilder
 from rag_service.store import STORE_FILE, DocumentStore, DocumentWrite
 from rag_service.types import Document
 from tests.conftest import REPO
@@ -345,7 +346,7 @@ def test_a_rebuild_skips_chunks_another_process_deleted_meanwhile(
 
 
 def test_index_from_another_encoder_is_refused_and_reindex_fixes_it(
-    tmp_path: Path, encoder: Encoder, corpus: list[Document]
+    tmp_path: Path, encoder: Encoder, corpus: list[Document], prompts: PromptBuilder
 ) -> None:
     folder = tmp_path / "idx"
     other = IndexSpec(encoder="sentence-transformers/all-mpnet-base-v2", dimension=768)
@@ -365,7 +366,7 @@ def test_index_from_another_encoder_is_refused_and_reindex_fixes_it(
 
     service = Service(settings.model_copy(update={"index": IndexSettings(dir=tmp_path, name="idx")}))
     with pytest.raises(IndexUnavailable, match="all-mpnet-base-v2"):
-        service._load_retrieval()
+        service._load_index(encoder, prompts)
 
     # reindex = re-embed the stored text with the configured encoder.
     build_index(stored_documents(folder), encoder, settings, folder, progress=False)
