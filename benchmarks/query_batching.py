@@ -29,9 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 from rag_service.config import Settings
-from rag_service.corpus import read_jsonl
-from rag_service.encoder import Encoder
-from rag_service.query_batcher import QueryBatcher
+from rag_service.embedding.encoder import Encoder
+from rag_service.embedding.query_batcher import QueryBatcher
+from rag_service.ingestion.corpus import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

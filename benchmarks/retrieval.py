@@ -46,8 +46,8 @@ from tqdm import tqdm
 
 from benchmarks.server import REPO, server
 from rag_service.config import Settings
-from rag_service.corpus import python_reference_topics, read_jsonl
-from rag_service.store import DocumentStore
+from rag_service.ingestion.corpus import python_reference_topics, read_jsonl
+from rag_service.storage.store import DocumentStore
 
 RESULTS = REPO / "benchmarks" / "results"
 SHARED = Path(os.environ.get("RAG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -118,10 +118,11 @@ def import_format1(old: Path, corpus: Path, folder: Path) -> None:
     """A store + graph at ``folder`` from a format-1 cache's vectors (see the module docstring)."""
     import faiss
 
-    from rag_service.encoder import Encoder
-    from rag_service.index import IndexSpec, LiveIndex
-    from rag_service.ingest import chunker_for, spec_of
-    from rag_service.store import DocumentWrite
+    from rag_service.embedding.encoder import Encoder
+    from rag_service.index.live import LiveIndex
+    from rag_service.index.snapshot import IndexSpec
+    from rag_service.ingestion.ingestor import chunker_for, spec_of
+    from rag_service.storage.store import DocumentWrite
 
     settings = Settings()
     encoder = Encoder(settings.encoder)
@@ -204,7 +205,7 @@ def exact_runs(index_folder: Path, queries: list[tuple[str, str]]) -> dict[str, 
     """The same passage vectors as the service's index, searched exhaustively."""
     import faiss
 
-    from rag_service.encoder import Encoder
+    from rag_service.embedding.encoder import Encoder
 
     # The live chunks' stored embeddings (the vectors the service's HNSW graph holds), from the store.
     store = DocumentStore.open(index_folder)

@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from rag_service.calibration import DEFAULT_RECORD
 from rag_service.config import DEFAULT_GENERATOR, Settings, get_settings
+from rag_service.runtime.calibration import DEFAULT_RECORD
 
 log = logging.getLogger("rag_service")
 
@@ -31,8 +31,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_models(settings: Settings, args: argparse.Namespace) -> int:
-    from rag_service.encoder import Encoder
-    from rag_service.model_prep import prepare_generator
+    from rag_service.embedding.encoder import Encoder
+    from rag_service.generation.model_prep import prepare_generator
 
     model = settings.generator.model
     if Path(model).resolve() == Path(DEFAULT_GENERATOR).resolve():
@@ -45,11 +45,11 @@ def cmd_prepare_models(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_build_index(settings: Settings, args: argparse.Namespace) -> int:
-    from rag_service.corpus import python_reference_topics, read_jsonl
-    from rag_service.encoder import Encoder
+    from rag_service.embedding.encoder import Encoder
     from rag_service.errors import InvalidRequest
-    from rag_service.index import index_state
-    from rag_service.ingest import build_index
+    from rag_service.index.snapshot import index_state
+    from rag_service.ingestion.corpus import python_reference_topics, read_jsonl
+    from rag_service.ingestion.ingestor import build_index
 
     folder = settings.index_path
     state = index_state(folder)
@@ -75,8 +75,8 @@ def cmd_build_index(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
-    from rag_service.corpus import read_paths
     from rag_service.errors import InvalidRequest
+    from rag_service.ingestion.corpus import read_paths
 
     batch = args.batch_size or settings.ingest.batch_docs
     try:
@@ -88,7 +88,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         print("error: no .jsonl, .txt or .md documents found", file=sys.stderr, flush=True)
         return 2
     if args.server:
-        from rag_service.ingest_client import ingest_over_http
+        from rag_service.ingestion.client import ingest_over_http
 
         return ingest_over_http(args.server, docs, batch, settings)
     return _ingest_directly(settings, args, docs, batch)
@@ -97,9 +97,9 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 def _ingest_directly(settings: Settings, args: argparse.Namespace, docs: list, batch: int) -> int:
     import os
 
-    from rag_service.encoder import Encoder
+    from rag_service.embedding.encoder import Encoder
     from rag_service.errors import RagError
-    from rag_service.ingest import Ingestor, chunker_for, ingest_documents, open_or_create
+    from rag_service.ingestion.ingestor import Ingestor, chunker_for, ingest_documents, open_or_create
 
     if settings.ingest.nice:
         os.nice(settings.ingest.nice)  # the whole process: queries of a server beside us come first
@@ -139,9 +139,9 @@ def _ingest_directly(settings: Settings, args: argparse.Namespace, docs: list, b
 
 
 def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
-    from rag_service.encoder import Encoder
+    from rag_service.embedding.encoder import Encoder
     from rag_service.errors import RagError
-    from rag_service.ingest import build_index, stored_documents
+    from rag_service.ingestion.ingestor import build_index, stored_documents
 
     folder = Path(args.index_dir) if args.index_dir else settings.index_path
     try:
@@ -161,7 +161,7 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_compact(settings: Settings, args: argparse.Namespace) -> int:
-    from rag_service.store import STORE_FILE, DocumentStore
+    from rag_service.storage.store import STORE_FILE, DocumentStore
 
     folder = Path(args.index_dir) if args.index_dir else settings.index_path
     if not DocumentStore.exists(folder):
@@ -185,11 +185,11 @@ def cmd_compact(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from rag_service import calibration
+    from rag_service.runtime import calibration
 
     env_file = Path(args.env_file)
     if args.if_needed:
-        from rag_service.heavy_imports import import_heavy_libraries
+        from rag_service.runtime.heavy_imports import import_heavy_libraries
 
         import_heavy_libraries()
         current = calibration.fingerprint(settings)
@@ -221,7 +221,7 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
-    from rag_service import doctor
+    from rag_service.runtime import doctor
 
     if args.json:
         print(doctor.report_json(settings), flush=True)
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     _setup_logging(settings.server.log_level)
     if args.command in ("serve", "calibrate"):
-        from rag_service.preload import reexec_with_preload
+        from rag_service.runtime.preload import reexec_with_preload
 
         reexec_with_preload(settings.generator, sys.argv[1:] if argv is None else argv)
     result: int = args.func(settings, args)

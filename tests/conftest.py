@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from rag_service.config import GeneratorSettings, IndexSettings, Settings
-from rag_service.index import index_state, read_manifest
-from rag_service.model_prep import is_prepared
-from rag_service.store import DocumentStore
+from rag_service.generation.model_prep import is_prepared
+from rag_service.index.snapshot import index_state, read_manifest
+from rag_service.storage.store import DocumentStore
 
 REPO = Path(__file__).resolve().parents[1]
 # Hermetic settings: a developer's .env (calibrated budgets from `make run`, edits) must not change what
@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return
-    from rag_service.hardware import cuda_devices, faiss_gpus
+    from rag_service.runtime.hardware import cuda_devices, faiss_gpus
 
     if cuda_devices() and faiss_gpus():
         return
@@ -61,14 +61,14 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def encoder(settings: Settings):
-    from rag_service.encoder import Encoder
+    from rag_service.embedding.encoder import Encoder
 
     return Encoder(settings.encoder)
 
 
 @pytest.fixture(scope="session")
 def prompts(settings: Settings):
-    from rag_service.prompt import PromptBuilder
+    from rag_service.prompting.prompt import PromptBuilder
 
     return PromptBuilder.from_model(settings.generator.model, settings.generator.system_prompt)
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from rag_service.admission import AdmissionController
 from rag_service.errors import Overloaded
+from rag_service.runtime.admission import AdmissionController
 
 
 def _far() -> float:

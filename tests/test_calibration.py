@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from rag_service import calibration
-from rag_service.calibration import (
+from rag_service.config import BudgetSettings, Settings
+from rag_service.domain import Context, Usage
+from rag_service.pipeline.pipeline import Answer
+from rag_service.runtime import calibration
+from rag_service.runtime.calibration import (
     BLOCK_END,
     BLOCK_START,
     budget_sources,
@@ -17,11 +20,8 @@ from rag_service.calibration import (
     round_up,
     write_env_block,
 )
-from rag_service.config import BudgetSettings, Settings
-from rag_service.pipeline import Answer
-from rag_service.readiness import FRESH_QUESTIONS, QuestionSource, Round, stage_times
-from rag_service.service import WARM_UP_QUESTION, WARM_UP_ROUND
-from rag_service.types import Context, Usage
+from rag_service.runtime.readiness import FRESH_QUESTIONS, QuestionSource, Round, stage_times
+from rag_service.runtime.service import WARM_UP_QUESTION, WARM_UP_ROUND
 
 
 @pytest.mark.parametrize(

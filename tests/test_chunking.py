@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from rag_service.chunking import Chunker
-from rag_service.corpus import python_reference_topics
-from rag_service.encoder import Encoder
+from rag_service.embedding.encoder import Encoder
+from rag_service.ingestion.chunking import Chunker
+from rag_service.ingestion.corpus import python_reference_topics
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,11 @@ from pathlib import Path
 import orjson
 
 from rag_service.config import IndexSettings
-from rag_service.corpus import read_jsonl
-from rag_service.encoder import Encoder
-from rag_service.index import IndexSpec, LiveIndex
-from rag_service.types import Document
+from rag_service.domain import Document
+from rag_service.embedding.encoder import Encoder
+from rag_service.index.live import LiveIndex
+from rag_service.index.snapshot import IndexSpec
+from rag_service.ingestion.corpus import read_jsonl
 from tests.conftest import REPO, scifact_dir
 
 DOCS = 64

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rag_service.encoder import Encoder
+from rag_service.embedding.encoder import Encoder
 
 
 def test_dimension_and_dtype(encoder: Encoder) -> None:

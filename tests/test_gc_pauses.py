@@ -8,7 +8,7 @@ import re
 import httpx
 from prometheus_client import CollectorRegistry, Histogram
 
-from rag_service.gc_pauses import GcPauseWatch
+from rag_service.runtime.gc_pauses import GcPauseWatch
 from tests.conftest import LiveServer
 
 

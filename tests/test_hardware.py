@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rag_service.config import EncoderSettings
-from rag_service.encoder import Encoder
-from rag_service.hardware import (
+from rag_service.embedding.encoder import Encoder
+from rag_service.runtime.hardware import (
     CpuFeatures,
     cpu_features,
     cuda_devices,

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from rag_service.config import RetrieverSettings, Settings
-from rag_service.encoder import Encoder
-from rag_service.index import IndexSpec, LiveIndex
-from rag_service.ingest import Ingestor, chunker_for, open_or_create
-from rag_service.prompt import PromptBuilder
-from rag_service.retriever import DENSE, LEXICAL, Retriever
-from rag_service.store import DocumentStore, DocumentWrite
-from rag_service.types import Document, Hit
+from rag_service.domain import Document, Hit
+from rag_service.embedding.encoder import Encoder
+from rag_service.index.live import LiveIndex
+from rag_service.index.snapshot import IndexSpec
+from rag_service.ingestion.ingestor import Ingestor, chunker_for, open_or_create
+from rag_service.prompting.prompt import PromptBuilder
+from rag_service.retrieval.passages import DENSE, LEXICAL, PassageSearch
+from rag_service.storage.store import DocumentStore, DocumentWrite
 
 DOCS = [
     Document("kettle", "Kettles", "A whistling kettle sings when the water inside reaches a rolling boil."),
@@ -121,10 +122,10 @@ def test_a_late_text_search_is_interrupted_inside_sqlite(tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def retriever(
     settings: Settings, encoder: Encoder, prompts: PromptBuilder, default_index_dir: Path
-) -> Iterator[Retriever]:
+) -> Iterator[PassageSearch]:
     spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
     live = LiveIndex.open(default_index_dir, spec, settings.index)
-    yield Retriever(live, prompts, RetrieverSettings(candidates=50))
+    yield PassageSearch(live, prompts, RetrieverSettings(candidates=50))
     live.close()
 
 
@@ -132,7 +133,7 @@ def _ranks(hits: list[Hit], name: str) -> list[int]:
     return [h.retrievers[name] for h in hits]
 
 
-def test_each_retriever_ranks_and_fusion_keeps_both_ranks(retriever: Retriever, encoder: Encoder) -> None:
+def test_each_retriever_ranks_and_fusion_keeps_both_ranks(retriever: PassageSearch, encoder: Encoder) -> None:
     question = "What does the pass statement do?"
     vector = encoder.encode_queries([question])[0]
     dense = retriever.search(vector, 50)
@@ -157,7 +158,7 @@ def test_text_search_only_returns_what_the_live_index_holds(ingestor: Ingestor, 
     """A batch committed by another process is in the database before this process applies it:
     neither retriever may return it until then, so the two agree on what exists."""
     ingestor.upsert(DOCS)
-    retriever = Retriever(ingestor.live, None)  # type: ignore[arg-type]  # no packing here
+    retriever = PassageSearch(ingestor.live, None)  # type: ignore[arg-type]  # no packing here
     doc = Document("owl", "Owls", "A barn owl hunts voles at night by sound alone.")
     ingestor.store.write(upserts=[DocumentWrite(doc, [doc.text], encoder.encode_passages([doc.text]))])
     assert ingestor.store.text_search("barn owl voles", 5), "committed rows are in the text index"
@@ -170,7 +171,7 @@ def test_text_search_only_returns_what_the_live_index_holds(ingestor: Ingestor, 
     "text",
     ['"unbalanced', "NEAR(pass statement)", "pass* OR", "\x00 \u202e 🐍 pass", "the of and", "x" * 4000],
 )
-def test_hostile_text_on_the_real_index_is_a_valid_query(retriever: Retriever, text: str) -> None:
+def test_hostile_text_on_the_real_index_is_a_valid_query(retriever: PassageSearch, text: str) -> None:
     hits = retriever.search_text(text, 5)
     if "pass" in text:
         assert "pyref:pass" in [h.passage.doc_id for h in hits]

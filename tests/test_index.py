@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from rag_service.config import IndexSettings
-from rag_service.corpus import read_jsonl
-from rag_service.encoder import Encoder
+from rag_service.embedding.encoder import Encoder
 from rag_service.errors import IndexUnavailable
-from rag_service.index import MANIFEST_FILE, HnswIndex, IndexSpec
+from rag_service.index.faiss_index import FaissIndex
+from rag_service.index.snapshot import MANIFEST_FILE, IndexSpec
+from rag_service.ingestion.corpus import read_jsonl
 from tests.conftest import scifact_dir
 
 SAMPLE_SIZE = 1200
@@ -52,7 +53,7 @@ def test_hnsw_recall_at_10_against_exact(
 ) -> None:
     doc_vectors, query_vectors = scifact_vectors
     assert len(doc_vectors) >= 1000 and len(query_vectors) >= 200
-    index = HnswIndex(_spec(encoder), IndexSettings())  # the service's default M / efConstruction / efSearch
+    index = FaissIndex(_spec(encoder), IndexSettings())  # the service's default M / efConstruction / efSearch
     index.add(doc_vectors)
     _, approx = index.search(query_vectors, 10)
     exact = _exact_top(doc_vectors, query_vectors, 10)
@@ -65,7 +66,7 @@ def test_save_then_load_gives_identical_results(
     scifact_vectors: tuple[np.ndarray, np.ndarray], encoder: Encoder, tmp_path: Path
 ) -> None:
     doc_vectors, query_vectors = scifact_vectors
-    index = HnswIndex(_spec(encoder), IndexSettings())
+    index = FaissIndex(_spec(encoder), IndexSettings())
     index.add(doc_vectors[:500], ids=np.arange(1000, 1500))
     before = index.search(query_vectors, 10)
     assert before[1].min() >= 1000  # results carry the ids given, not positions
@@ -77,7 +78,7 @@ def test_save_then_load_gives_identical_results(
     assert manifest["normalized"] is True
     assert manifest["count"] == 500 and manifest["applied_seq"] == 7
     assert manifest["versions"]["faiss-cpu"]
-    loaded, seq = HnswIndex.load(tmp_path, _spec(encoder), IndexSettings())
+    loaded, seq = FaissIndex.load(tmp_path, _spec(encoder), IndexSettings())
     assert seq == 7
     after = loaded.search(query_vectors, 10)
     np.testing.assert_array_equal(before[1], after[1])
@@ -85,26 +86,26 @@ def test_save_then_load_gives_identical_results(
 
 
 def test_index_from_another_encoder_is_refused(encoder: Encoder, tmp_path: Path) -> None:
-    index = HnswIndex(_spec(encoder), IndexSettings())
+    index = FaissIndex(_spec(encoder), IndexSettings())
     index.add(encoder.encode_passages(["one passage", "another passage"]))
     index.save(tmp_path, applied_seq=1)
     other = IndexSpec(encoder="sentence-transformers/all-mpnet-base-v2", dimension=768)
     with pytest.raises(IndexUnavailable) as err:
-        HnswIndex.load(tmp_path, other, IndexSettings())
+        FaissIndex.load(tmp_path, other, IndexSettings())
     assert "all-mpnet-base-v2" in err.value.message and encoder.model_id in err.value.message
     with pytest.raises(IndexUnavailable):
-        HnswIndex.load(
+        FaissIndex.load(
             tmp_path, IndexSpec(encoder=encoder.model_id, dimension=384, normalized=False), IndexSettings()
         )
 
 
 def test_missing_index_is_a_clear_error(encoder: Encoder, tmp_path: Path) -> None:
     with pytest.raises(IndexUnavailable, match="build-index"):
-        HnswIndex.load(tmp_path / "nothing-here", _spec(encoder), IndexSettings())
+        FaissIndex.load(tmp_path / "nothing-here", _spec(encoder), IndexSettings())
 
 
 def test_wrong_vector_shape_is_refused(encoder: Encoder) -> None:
-    index = HnswIndex(_spec(encoder), IndexSettings())
+    index = FaissIndex(_spec(encoder), IndexSettings())
     with pytest.raises(ValueError):
         index.add(np.zeros((2, 10), dtype=np.float32))
 
@@ -117,7 +118,7 @@ def test_flat_backend_is_exact_and_persists(
 ) -> None:
     doc_vectors, query_vectors = scifact_vectors
     settings = IndexSettings(backend="flat")
-    index = HnswIndex(_spec(encoder), settings)
+    index = FaissIndex(_spec(encoder), settings)
     assert index.backend == "flat"
     index.add(doc_vectors)
     _, ids = index.search(query_vectors, 10)
@@ -125,18 +126,18 @@ def test_flat_backend_is_exact_and_persists(
     index.save(tmp_path, applied_seq=3)
     manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
     assert manifest["index_type"] == "IndexIDMap2(IndexFlatIP)" and manifest["backend"] == "flat"
-    loaded, _ = HnswIndex.load(tmp_path, _spec(encoder), settings)
+    loaded, _ = FaissIndex.load(tmp_path, _spec(encoder), settings)
     np.testing.assert_array_equal(loaded.search(query_vectors, 10)[1], ids)
 
 
 def test_a_snapshot_of_another_backend_is_not_loaded(encoder: Encoder, tmp_path: Path) -> None:
     """An HNSW snapshot opened with the flat backend (e.g. an index moved to a GPU machine) is refused
     here, and LiveIndex then rebuilds the graph from the stored embeddings."""
-    index = HnswIndex(_spec(encoder), IndexSettings(backend="hnsw"))
+    index = FaissIndex(_spec(encoder), IndexSettings(backend="hnsw"))
     index.add(encoder.encode_passages(["one passage", "another passage"]))
     index.save(tmp_path, applied_seq=1)
     with pytest.raises(IndexUnavailable, match="backend"):
-        HnswIndex.load(tmp_path, _spec(encoder), IndexSettings(backend="flat"))
+        FaissIndex.load(tmp_path, _spec(encoder), IndexSettings(backend="flat"))
 
 
 @pytest.mark.gpu
@@ -145,10 +146,10 @@ def test_gpu_flat_backend_matches_exact_and_snapshots_as_a_cpu_index(
 ) -> None:
     doc_vectors, query_vectors = scifact_vectors
     settings = IndexSettings(backend="gpu-flat")
-    index = HnswIndex(_spec(encoder), settings)
+    index = FaissIndex(_spec(encoder), settings)
     index.add(doc_vectors, ids=np.arange(100, 100 + len(doc_vectors)))
     _, ids = index.search(query_vectors, 10)
     np.testing.assert_array_equal(ids - 100, _exact_top(doc_vectors, query_vectors, 10))
     index.save(tmp_path, applied_seq=2)
-    loaded, _ = HnswIndex.load(tmp_path, _spec(encoder), settings)
+    loaded, _ = FaissIndex.load(tmp_path, _spec(encoder), settings)
     np.testing.assert_array_equal(loaded.search(query_vectors, 10)[1], ids)

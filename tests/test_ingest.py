@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from rag_service.config import IndexSettings, Settings
-from rag_service.corpus import python_reference_topics, read_jsonl, read_paths
-from rag_service.encoder import Encoder
+from rag_service.domain import Document
+from rag_service.embedding.encoder import Encoder
 from rag_service.errors import IndexUnavailable, InvalidRequest
-from rag_service.index import IndexSpec, LiveIndex, index_state
-from rag_service.ingest import (
+from rag_service.index.live import LiveIndex
+from rag_service.index.snapshot import IndexSpec, index_state
+from rag_service.ingestion.corpus import python_reference_topics, read_jsonl, read_paths
+from rag_service.ingestion.ingestor import (
     Ingestor,
     build_index,
     chunker_for,
@@ -28,10 +30,9 @@ from rag_service.ingest import (
     open_or_create,
     stored_documents,
 )
-from rag_service.lexical import FTS_TABLE
-from rag_service.prompt import PromptBuilder
-from rag_service.store import STORE_FILE, DocumentStore, DocumentWrite
-from rag_service.types import Document
+from rag_service.prompting.prompt import PromptBuilder
+from rag_service.storage.lexical import FTS_TABLE
+from rag_service.storage.store import STORE_FILE, DocumentStore, DocumentWrite
 from tests.conftest import REPO
 
 # Short reference topics: real text, a chunk or two each, quick to embed.
@@ -362,7 +363,7 @@ def test_index_from_another_encoder_is_refused_and_reindex_fixes_it(
     assert "all-mpnet-base-v2" in err.value.message and encoder.model_id in err.value.message
     assert "reindex" in err.value.message
     # The service refuses to load it the same way (its /readyz reason is this message).
-    from rag_service.service import Service
+    from rag_service.runtime.service import Service
 
     service = Service(settings.model_copy(update={"index": IndexSettings(dir=tmp_path, name="idx")}))
     with pytest.raises(IndexUnavailable, match="all-mpnet-base-v2"):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rag_service import lexical
+from rag_service.storage import lexical
 
 
 @pytest.fixture

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from rag_service.model_prep import GGUF_MEMBER, MANIFEST, WHEEL_REQUIREMENT, is_prepared, prepare_generator
+from rag_service.generation.model_prep import (
+    GGUF_MEMBER,
+    MANIFEST,
+    WHEEL_REQUIREMENT,
+    is_prepared,
+    prepare_generator,
+)
 from tests.conftest import GENERATOR_DIR
 
 

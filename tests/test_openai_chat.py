@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from rag_service.chat import Message, plan_chat, retrieval_query
 from rag_service.config import Settings
-from rag_service.encoder import Encoder
+from rag_service.embedding.encoder import Encoder
 from rag_service.errors import InvalidRequest
-from rag_service.index import IndexSpec, LiveIndex
-from rag_service.prompt import NO_CONTEXT, PromptBuilder
-from rag_service.retriever import Retriever
+from rag_service.index.live import LiveIndex
+from rag_service.index.snapshot import IndexSpec
+from rag_service.prompting.plans import Message, plan_chat, retrieval_query
+from rag_service.prompting.prompt import NO_CONTEXT, PromptBuilder
+from rag_service.retrieval.passages import PassageSearch
 
 MAX_MODEL_LEN = 2048
 CONTEXT_TOKENS = 1024
@@ -47,9 +48,9 @@ def _long_conversation(turns: int) -> list[Message]:
 @pytest.fixture(scope="module")
 def retriever(
     settings: Settings, encoder: Encoder, prompts: PromptBuilder, default_index_dir: Path
-) -> Retriever:
+) -> PassageSearch:
     spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
-    return Retriever(LiveIndex.open(default_index_dir, spec, settings.index), prompts)
+    return PassageSearch(LiveIndex.open(default_index_dir, spec, settings.index), prompts)
 
 
 def test_prompt_is_the_conversation_in_the_chat_template(prompts: PromptBuilder) -> None:
@@ -69,7 +70,7 @@ def test_prompt_is_the_conversation_in_the_chat_template(prompts: PromptBuilder)
 
 
 def test_passages_go_into_the_last_turn_within_the_budget(
-    prompts: PromptBuilder, retriever: Retriever, encoder: Encoder
+    prompts: PromptBuilder, retriever: PassageSearch, encoder: Encoder
 ) -> None:
     plan = _plan(prompts, ASSERT_FOLLOW_UP)
     hits = retriever.search(encoder.encode_queries([plan.query])[0], 8)
@@ -151,7 +152,7 @@ def test_query_is_the_latest_user_message_then_the_one_before() -> None:
     assert retrieval_query([Message("user", "only")], 100) == "only"
 
 
-def test_follow_up_retrieves_the_earlier_turns_topic(retriever: Retriever, encoder: Encoder) -> None:
+def test_follow_up_retrieves_the_earlier_turns_topic(retriever: PassageSearch, encoder: Encoder) -> None:
     def top(messages: list[Message]) -> str:
         query = retrieval_query(messages, 4000)
         return retriever.search(encoder.encode_queries([query])[0], 1)[0].passage.doc_id

@@ -27,12 +27,12 @@ from pydantic import SecretStr
 
 from rag_service.api import build_app
 from rag_service.api.errors import install_error_handlers
-from rag_service.api.openai_routes import _chunks
-from rag_service.chat import ChatPlan
+from rag_service.api.openai.routes import _chunks
 from rag_service.config import BudgetSettings
 from rag_service.errors import GenerationFailed
-from rag_service.metrics import Metrics
-from rag_service.pipeline import Answer, AskRequest, Deadline
+from rag_service.pipeline.pipeline import Answer, AskRequest, Deadline
+from rag_service.prompting.plans import ChatPlan
+from rag_service.runtime.metrics import Metrics
 from tests.conftest import LiveServer, repo_settings
 
 CHAT_MODEL = "smollm2-135m-instruct"

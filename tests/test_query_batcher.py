@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
+from rag_service.embedding.query_batcher import QueryBatcher
 from rag_service.errors import DeadlineExceeded
-from rag_service.query_batcher import QueryBatcher
 
 QUESTIONS = [
     "What does the pass statement do?",

@@ -7,26 +7,27 @@ from pathlib import Path
 import pytest
 
 from rag_service.config import Settings
-from rag_service.encoder import Encoder
-from rag_service.index import IndexSpec, LiveIndex
-from rag_service.prompt import PromptBuilder
-from rag_service.retriever import Retriever
-from rag_service.types import Hit, Passage
+from rag_service.domain import Hit, Passage
+from rag_service.embedding.encoder import Encoder
+from rag_service.index.live import LiveIndex
+from rag_service.index.snapshot import IndexSpec
+from rag_service.prompting.prompt import PromptBuilder
+from rag_service.retrieval.passages import PassageSearch
 
 
 @pytest.fixture(scope="module")
 def retriever(
     settings: Settings, encoder: Encoder, prompts: PromptBuilder, default_index_dir: Path
-) -> Retriever:
+) -> PassageSearch:
     spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
-    return Retriever(LiveIndex.open(default_index_dir, spec, settings.index), prompts)
+    return PassageSearch(LiveIndex.open(default_index_dir, spec, settings.index), prompts)
 
 
-def _hits(retriever: Retriever, encoder: Encoder, question: str, k: int) -> list[Hit]:
+def _hits(retriever: PassageSearch, encoder: Encoder, question: str, k: int) -> list[Hit]:
     return retriever.search(encoder.encode_queries([question])[0], k)
 
 
-def test_search_returns_ranked_hits(retriever: Retriever, encoder: Encoder) -> None:
+def test_search_returns_ranked_hits(retriever: PassageSearch, encoder: Encoder) -> None:
     hits = _hits(retriever, encoder, "What does the pass statement do?", 10)
     assert len(hits) == 10
     assert hits[0].passage.doc_id == "pyref:pass"
@@ -36,7 +37,7 @@ def test_search_returns_ranked_hits(retriever: Retriever, encoder: Encoder) -> N
 
 @pytest.mark.parametrize("budget", [0, 30, 100, 250, 400, 700, 1024, 3000])
 def test_budget_is_never_exceeded_and_report_is_right(
-    retriever: Retriever, encoder: Encoder, prompts: PromptBuilder, budget: int
+    retriever: PassageSearch, encoder: Encoder, prompts: PromptBuilder, budget: int
 ) -> None:
     hits = _hits(retriever, encoder, "How are exceptions raised and handled?", 20)
     ctx = retriever.pack(hits, budget)
@@ -56,7 +57,7 @@ def test_budget_is_never_exceeded_and_report_is_right(
 
 
 def test_big_passage_is_skipped_whole_and_a_smaller_later_one_still_fits(
-    retriever: Retriever, prompts: PromptBuilder
+    retriever: PassageSearch, prompts: PromptBuilder
 ) -> None:
     small = Passage("d#0", "d", "Small", "The pass statement does nothing.")
     big = Passage("d#1", "d", "Big", "word " * 400)
@@ -69,12 +70,12 @@ def test_big_passage_is_skipped_whole_and_a_smaller_later_one_still_fits(
     assert ctx.tokens <= budget
 
 
-def test_empty_hits(retriever: Retriever) -> None:
+def test_empty_hits(retriever: PassageSearch) -> None:
     ctx = retriever.pack([], 100)
     assert ctx.hits == [] and ctx.tokens == 0 and ctx.dropped == []
 
 
-def test_default_corpus_keeps_its_ids(retriever: Retriever) -> None:
+def test_default_corpus_keeps_its_ids(retriever: PassageSearch) -> None:
     """The built-in corpus is stored as documents pyref:<topic> with chunks <doc_id>#<n>."""
     stored = retriever.index.store.get("pyref:break")
     assert stored is not None and stored.doc.title.startswith('The "break" statement')
@@ -82,9 +83,11 @@ def test_default_corpus_keeps_its_ids(retriever: Retriever) -> None:
     assert retriever.index.store.stats()["documents"] == 79
 
 
-def test_prompt_fits_the_model_context(settings: Settings, retriever: Retriever, encoder: Encoder) -> None:
+def test_prompt_fits_the_model_context(
+    settings: Settings, retriever: PassageSearch, encoder: Encoder
+) -> None:
     """The request's budget leaves room for the question and the longest allowed answer."""
-    from rag_service.pipeline import Pipeline
+    from rag_service.pipeline.pipeline import Pipeline
 
     pipeline = Pipeline(encoder, retriever, generator=None, settings=settings)  # type: ignore[arg-type]
     question = "Explain " + "very " * 300 + "carefully how the with statement works."
@@ -97,10 +100,10 @@ def test_prompt_fits_the_model_context(settings: Settings, retriever: Retriever,
 
 
 def test_question_too_long_for_the_model_is_refused(
-    settings: Settings, retriever: Retriever, encoder: Encoder
+    settings: Settings, retriever: PassageSearch, encoder: Encoder
 ) -> None:
     from rag_service.errors import InvalidRequest
-    from rag_service.pipeline import Pipeline
+    from rag_service.pipeline.pipeline import Pipeline
 
     pipeline = Pipeline(encoder, retriever, generator=None, settings=settings)  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest) as err:
@@ -109,7 +112,7 @@ def test_question_too_long_for_the_model_is_refused(
 
 
 def test_assembled_prompt_is_the_chat_template_text(
-    retriever: Retriever, encoder: Encoder, prompts: PromptBuilder
+    retriever: PassageSearch, encoder: Encoder, prompts: PromptBuilder
 ) -> None:
     """The ids sent to the engine spell exactly what the model's chat template renders."""
     question = "What does the pass statement do? Ünïcödé ✓"

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from rag_service.config import Settings
-from rag_service.readiness import STAGES
+from rag_service.runtime.readiness import STAGES
 from tests.conftest import LOOSE_BUDGETS, start_server, wait_until_started
 
 pytestmark = pytest.mark.vllm

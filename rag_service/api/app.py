@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from rag_service import __version__
-from rag_service.api import documents
 from rag_service.api.body_limit import BodySizeLimit
 from rag_service.api.errors import install_error_handlers
-from rag_service.api.openai_routes import router as openai_router
+from rag_service.api.native import documents
+from rag_service.api.native.routes import router
+from rag_service.api.openai.routes import router as openai_router
 from rag_service.api.responses import OrjsonResponse
-from rag_service.api.routes import router
 from rag_service.config import Settings
-from rag_service.service import Service
+from rag_service.runtime.service import Service
 
 
 def build_app(settings: Settings, service: Service | None = None) -> FastAPI:

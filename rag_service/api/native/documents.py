@@ -1,0 +1,122 @@
+"""Documents API: batch upsert, delete, read back, index statistics.
+
+Writes (POST, DELETE) need ``Authorization: Bearer <RAG_API_KEY>`` when a key is set. A write is
+answered once it is committed to the document store (durable) and applied to the live index (the
+next search sees it). Writes run one at a time on the server's ingestion thread (see
+``rag_service.ingestion.ingestor.IngestWorker``), at a lower CPU priority than queries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rag_service.api.auth import require_api_key
+from rag_service.api.responses import OrjsonResponse
+from rag_service.domain import Document
+from rag_service.errors import InvalidRequest, NotFound
+from rag_service.index.live import LiveIndex
+from rag_service.ingestion.ingestor import IngestWorker, validate_batch
+from rag_service.runtime.service import Service
+
+router = APIRouter()
+MAX_ID_CHARS = 512
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str = Field(
+        min_length=1, max_length=MAX_ID_CHARS, description="Document id (chunk ids derive from it)."
+    )
+    title: str = Field(
+        "", max_length=1000, description="Optional title, prepended to each chunk when embedded."
+    )
+    text: str = Field(description="The document's text; cut into token windows by the server.")
+
+    @field_validator("id", "text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must contain non-whitespace text")
+        return value
+
+
+class DocumentsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    documents: list[DocumentIn] = Field(min_length=1, description="Documents to insert or replace.")
+
+
+def _live(request: Request) -> tuple[Service, LiveIndex]:
+    service: Service = request.app.state.service
+    service.pipeline  # noqa: B018 -- raises NotReady (503) until the service is ready
+    assert service.live is not None
+    return service, service.live
+
+
+def _worker(request: Request, service: Service, live: LiveIndex) -> IngestWorker:
+    worker: IngestWorker | None = getattr(request.app.state, "ingest_worker", None)
+    if worker is None:
+        worker = IngestWorker(live, service.settings)
+        request.app.state.ingest_worker = worker
+    return worker
+
+
+@router.post("/v1/documents", dependencies=[Depends(require_api_key)])
+async def upsert_documents(body: DocumentsBody, request: Request) -> OrjsonResponse:
+    service, live = _live(request)
+    limit = service.settings.ingest.max_batch_docs
+    if len(body.documents) > limit:
+        raise InvalidRequest(
+            f"a batch holds at most {limit} documents (RAG_INGEST__MAX_BATCH_DOCS), "
+            f"got {len(body.documents)}",
+            param="documents",
+        )
+    docs = [Document(id=d.id, title=d.title, text=d.text) for d in body.documents]
+    validate_batch(docs)  # duplicate ids: the whole batch is refused before anything is written
+    result = await _worker(request, service, live).upsert(docs)
+    return OrjsonResponse(
+        {
+            "upserted": result.upserted,
+            "unchanged": result.unchanged,
+            "chunks": result.chunks,
+            "seq": result.seq,
+        }
+    )
+
+
+@router.get("/v1/documents/{doc_id:path}")
+async def get_document(doc_id: str, request: Request) -> OrjsonResponse:
+    _, live = _live(request)
+    stored = live.store.get(doc_id)
+    if stored is None:
+        raise NotFound(f"no document with id {doc_id!r}", param="id")
+    return OrjsonResponse(
+        {
+            "id": stored.doc.id,
+            "title": stored.doc.title,
+            "text": stored.doc.text,
+            "seq": stored.seq,
+            "content_hash": stored.hash,
+            "chunks": [{"id": p.id, "text": p.text} for p in stored.chunks],
+        }
+    )
+
+
+@router.delete("/v1/documents/{doc_id:path}", dependencies=[Depends(require_api_key)])
+async def delete_document(doc_id: str, request: Request) -> OrjsonResponse:
+    service, live = _live(request)
+    result = await _worker(request, service, live).delete(doc_id)
+    if not result.deleted:
+        raise NotFound(f"no document with id {doc_id!r}", param="id")
+    return OrjsonResponse({"deleted": doc_id, "seq": result.seq})
+
+
+@router.get("/v1/index/stats")
+async def index_stats(request: Request) -> OrjsonResponse:
+    _, live = _live(request)
+    stats: dict[str, Any] = live.stats()
+    return OrjsonResponse(stats)
