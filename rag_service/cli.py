@@ -48,8 +48,8 @@ def cmd_build_index(settings: Settings, args: argparse.Namespace) -> int:
     from rag_service.embedding.encoder import Encoder
     from rag_service.errors import InvalidRequest
     from rag_service.index.snapshot import index_state
+    from rag_service.ingestion.build import build_index
     from rag_service.ingestion.corpus import python_reference_topics, read_jsonl
-    from rag_service.ingestion.ingestor import build_index
 
     folder = settings.index_path
     state = index_state(folder)
@@ -141,7 +141,7 @@ def _ingest_directly(settings: Settings, args: argparse.Namespace, docs: list, b
 def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
     from rag_service.embedding.encoder import Encoder
     from rag_service.errors import RagError
-    from rag_service.ingestion.ingestor import build_index, stored_documents
+    from rag_service.ingestion.build import build_index, stored_documents
 
     folder = Path(args.index_dir) if args.index_dir else settings.index_path
     try:

@@ -21,15 +21,9 @@ from rag_service.embedding.encoder import Encoder
 from rag_service.errors import IndexUnavailable, InvalidRequest
 from rag_service.index.live import LiveIndex
 from rag_service.index.snapshot import IndexSpec, index_state
+from rag_service.ingestion.build import build_index, stored_documents
 from rag_service.ingestion.corpus import python_reference_topics, read_jsonl, read_paths
-from rag_service.ingestion.ingestor import (
-    Ingestor,
-    build_index,
-    chunker_for,
-    embedding_text,
-    open_or_create,
-    stored_documents,
-)
+from rag_service.ingestion.ingestor import Ingestor, chunker_for, embedding_text, open_or_create
 from rag_service.prompting.prompt import PromptBuilder
 from rag_service.storage.lexical import FTS_TABLE
 from rag_service.storage.store import STORE_FILE, DocumentStore, DocumentWrite

@@ -12,7 +12,7 @@ from rag_service.embedding.encoder import Encoder
 from rag_service.errors import InvalidRequest
 from rag_service.index.live import LiveIndex
 from rag_service.index.snapshot import IndexSpec
-from rag_service.prompting.plans import Message, plan_chat, retrieval_query
+from rag_service.prompting.plans import Message, plan_conversation, retrieval_query
 from rag_service.prompting.prompt import NO_CONTEXT, PromptBuilder
 from rag_service.retrieval.passages import PassageSearch
 
@@ -26,7 +26,7 @@ ASSERT_FOLLOW_UP = [
 
 
 def _plan(prompts: PromptBuilder, messages: list[Message], *, retrieve: bool = True, max_tokens: int = 128):
-    return plan_chat(
+    return plan_conversation(
         prompts,
         messages,
         system_prompt="Use the passages.",

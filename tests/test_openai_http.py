@@ -27,11 +27,14 @@ from pydantic import SecretStr
 
 from rag_service.api import build_app
 from rag_service.api.errors import install_error_handlers
-from rag_service.api.openai.routes import _chunks
+from rag_service.api.openai.serving_chat import chat_stream
+from rag_service.api.serving import stream_answer
 from rag_service.config import BudgetSettings
 from rag_service.errors import GenerationFailed
-from rag_service.pipeline.pipeline import Answer, AskRequest, Deadline
-from rag_service.prompting.plans import ChatPlan
+from rag_service.pipeline.budgets import Deadline
+from rag_service.pipeline.pipeline import Answer, AnswerRequest
+from rag_service.prompting.plans import ConversationPlan
+from rag_service.runtime.admission import AdmissionController
 from rag_service.runtime.metrics import Metrics
 from tests.conftest import LiveServer, repo_settings
 
@@ -202,8 +205,11 @@ def test_disconnect_mid_stream_aborts_generation(client: httpx.Client, live_serv
 def test_disconnect_aborts_a_non_streamed_completion(client: httpx.Client, live_server: LiveServer) -> None:
     before = live_server.log_text().count("aborted generation")
     body = {"model": CHAT_MODEL, "messages": ASK, "max_tokens": 500, "stop": []}
+    # A short answer can end (EOS) before the client gives up on a fast machine: a token delay (which
+    # also asks vLLM for all 500 tokens) keeps the answer going for 25 s, far past the 2.5 s timeout.
+    slow = {"X-Rag-Fault-Delay": "token=50"}
     with pytest.raises(httpx.ReadTimeout):
-        client.post("/v1/chat/completions", json=body, timeout=httpx.Timeout(120, read=2.5))
+        client.post("/v1/chat/completions", json=body, headers=slow, timeout=httpx.Timeout(120, read=2.5))
     _wait_for_abort(live_server, "aborted generation", before)
 
 
@@ -267,7 +273,7 @@ def test_api_key_is_required_when_configured() -> None:
         assert httpx.get(f"{url}/healthz").status_code == 200
 
 
-async def _failing_pipeline_stream(req: AskRequest) -> AsyncIterator[str | Answer]:
+async def _failing_pipeline_stream(req: AnswerRequest) -> AsyncIterator[str | Answer]:
     """Two real-looking deltas, then the error the real generator raises when the vLLM engine fails
     mid-answer (a healthy engine cannot be made to fail on demand)."""
     yield "The loop"
@@ -282,16 +288,16 @@ class _FailingPipeline:
 def _failing_app() -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
-    req = AskRequest("q", [], 4, 16, 0.0, [], 0, deadline=Deadline(15_000), budgets=BudgetSettings())
-    plan = ChatPlan("q", lambda hits: [], 0, 0, 0)
+    plan = ConversationPlan("q", lambda hits: [], 0, 0, 0)
+    req = AnswerRequest(plan, 4, 16, 0.0, [], deadline=Deadline(15_000), budgets=BudgetSettings())
     head = {"id": "chatcmpl-x", "created": 1, "model": CHAT_MODEL, "system_fingerprint": None}
 
     @app.post("/v1/chat/completions")
     async def chat() -> StreamingResponse:
         pipeline: Any = _FailingPipeline()
-        return StreamingResponse(
-            _chunks(Metrics(), pipeline, req, plan, head, True), media_type="text/event-stream"
-        )
+        ticket = await AdmissionController(1, 0).admit(req.deadline.at)
+        frames = stream_answer(Metrics(), "chat", pipeline, req, ticket, chat_stream(head, plan, True))
+        return StreamingResponse(frames, media_type="text/event-stream")
 
     return app
 

@@ -93,8 +93,8 @@ def test_prompt_fits_the_model_context(
     question = "Explain " + "very " * 300 + "carefully how the with statement works."
     max_tokens = settings.generator.max_tokens_limit
     req = pipeline.new_request(question, top_k=50, max_tokens=max_tokens, temperature=0.0, stop=[])
-    ctx = retriever.pack(_hits(retriever, encoder, question, 50), req.context_budget)
-    prompt = retriever.prompts.build(req.question_ids, ctx.hits)
+    ctx = retriever.pack(_hits(retriever, encoder, question, 50), req.plan.context_budget)
+    prompt = req.plan.build_prompt(ctx.hits)
     assert ctx.tokens > 0
     assert len(prompt) + max_tokens <= settings.generator.max_model_len
 

@@ -85,3 +85,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return OrjsonResponse(
             error_body("internal server error", "internal_error", "internal_error"), status_code=500
         )
+
+
+def error_payload(exc: BaseException) -> dict[str, Any]:
+    """The error body for an exception that ends a response already under way (a stream's last event):
+    ours with its type and code, anything else as an internal error (logged by the caller)."""
+    if isinstance(exc, RagError):
+        return error_body(exc.message, exc.type, exc.code, exc.param)
+    return error_body("internal server error", "internal_error", "internal_error")

@@ -13,12 +13,9 @@ both want them, and ingestion still uses every idle cycle.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -30,9 +27,8 @@ from rag_service.domain import Document
 from rag_service.embedding.encoder import Encoder
 from rag_service.errors import InvalidRequest
 from rag_service.index.live import LiveIndex
-from rag_service.index.snapshot import IndexSpec, open_store
+from rag_service.index.snapshot import IndexSpec
 from rag_service.ingestion.chunking import Chunker
-from rag_service.runtime.priority import lower_priority
 from rag_service.storage.store import DocumentStore, DocumentWrite, WriteResult, content_hash
 
 log = logging.getLogger(__name__)
@@ -171,93 +167,3 @@ def ingest_documents(
             bar.set_postfix(new=report.upserted, unchanged=report.unchanged, chunks=report.chunks)
     report.seconds = time.perf_counter() - started
     return report
-
-
-@dataclass(frozen=True, slots=True)
-class BuildReport:
-    documents: int
-    passages: int
-    seconds: float
-
-
-def build_index(
-    documents: Iterable[Document],
-    encoder: Encoder,
-    settings: Settings,
-    folder: Path,
-    *,
-    progress: bool = True,
-) -> BuildReport:
-    """Build a fresh index folder of ``documents`` beside ``folder`` and swap it in with renames, so
-    a reader never sees half an index. Used by ``build-index`` and ``reindex``."""
-    started = time.perf_counter()
-    docs = list(documents)
-    validate_batch(docs, where="corpus")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.with_name(f".{folder.name}.building")
-    shutil.rmtree(staging, ignore_errors=True)
-    live = open_or_create(staging, encoder, settings)
-    try:
-        ingestor = Ingestor(live, encoder, chunker_for(encoder, settings))
-        report = ingest_documents(ingestor, docs, settings.ingest.batch_docs, progress=progress)
-    finally:
-        live.close()  # writes the final snapshot, folds the WAL into the database file
-    if report.chunks == 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise InvalidRequest("no text to index: every document was empty")
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists() or folder.is_symlink():
-        folder.rename(old)
-    staging.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    result = BuildReport(report.upserted, report.chunks, time.perf_counter() - started)
-    log.info(
-        "built index at %s: %d documents, %d passages in %.1f s",
-        folder,
-        *(result.documents, result.passages, result.seconds),
-    )
-    return result
-
-
-def stored_documents(folder: Path) -> list[Document]:
-    """Every live document of a folder's store, whatever encoder embedded it (for ``reindex``)."""
-    store = open_store(folder, expected=None)
-    try:
-        return list(store.documents())
-    finally:
-        store.close()
-
-
-class IngestWorker:
-    """The server's writer: one thread at raised niceness runs every write, one batch at a time, with
-    its own encoder (loaded on the first upsert), so the query path shares no tokenizer state with it."""
-
-    def __init__(self, live: LiveIndex, settings: Settings) -> None:
-        self.live = live
-        self.settings = settings
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="ingest",
-            initializer=lower_priority,
-            initargs=(settings.ingest.nice,),
-        )
-        self._ingestor: Ingestor | None = None
-
-    async def run(self, work: Callable[[], T]) -> T:
-        return await asyncio.wrap_future(self._executor.submit(work))
-
-    async def upsert(self, docs: Sequence[Document]) -> WriteResult:
-        return await self.run(lambda: self._get_ingestor().upsert(docs))
-
-    async def delete(self, doc_id: str) -> WriteResult:
-        return await self.run(lambda: delete_document(self.live, doc_id))
-
-    def _get_ingestor(self) -> Ingestor:
-        if self._ingestor is None:
-            encoder = Encoder(self.settings.encoder)
-            self._ingestor = Ingestor(self.live, encoder, chunker_for(encoder, self.settings))
-        return self._ingestor
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,6 +1,15 @@
-"""A conversation (chat messages) -> the text to retrieve with, and a prompt that fits the model.
+"""Request plans: what to retrieve with, and a prompt that fits the model, one type per kind of prompt.
 
-The rules, also in the README ("OpenAI-compatible API"):
+- ``QuestionPlan`` (``/v1/ask``, and ``/v1/completions`` with retrieval on): one question, asked in the
+  RAG prompt with the passages;
+- ``ConversationPlan`` (``/v1/chat/completions``): chat messages (rules below);
+- ``TextPlan`` (``/v1/completions`` with retrieval off): a raw prompt, continued as sent.
+
+All of them fix the passages' token budget by one rule, ``passage_budget``: the configured
+``retriever.context_tokens``, capped by what the model's context holds after the prompt's own tokens
+and the answer's ``max_tokens``; no room at all is ``context_length_exceeded``.
+
+The conversation rules, also in the README ("OpenAI-compatible API"):
 
 - System (and ``developer``) messages are gathered, in order, into one system message at the start;
   with retrieval on it follows the server's RAG instruction. User and assistant turns keep their order.
@@ -21,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from rag_service.domain import Hit
 from rag_service.errors import InvalidRequest
@@ -38,15 +47,104 @@ class Message:
     content: str
 
 
-@dataclass(slots=True)
-class ChatPlan:
-    """What the pipeline needs for one conversation (see ``AskRequest``)."""
+class PromptPlan(Protocol):
+    """What the pipeline needs from any plan (see ``pipeline.AnswerRequest``)."""
+
+    @property
+    def query(self) -> str: ...  # the text retrieved with
+    @property
+    def with_passages(self) -> bool: ...  # False: no embed or retrieve stage, no passages
+    @property
+    def context_budget(self) -> int: ...  # most tokens of passages that still fit
+    def build_prompt(self, hits: Sequence[Hit]) -> list[int]: ...  # packed passages -> token ids
+
+
+def passage_budget(
+    *, max_model_len: int, max_tokens: int, overhead: int, context_tokens: int, too_long: str, param: str
+) -> int:
+    """The one context-budget rule: ``min(context_tokens, what the context holds after the prompt's
+    ``overhead`` tokens and the answer)``; ``InvalidRequest`` (``context_length_exceeded``, the
+    message starting with ``too_long``) when nothing is left."""
+    room = max_model_len - max_tokens - overhead
+    if room <= 0:
+        raise InvalidRequest(
+            f"{too_long} {overhead} tokens and the answer {max_tokens}, over the model's context "
+            f"of {max_model_len}",
+            code="context_length_exceeded",
+            param=param,
+        )
+    return min(context_tokens, room)
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionPlan:
+    """One question in the RAG prompt (``/v1/ask``)."""
+
+    query: str
+    question_ids: list[int]
+    context_budget: int
+    prompts: PromptBuilder
+    with_passages: bool = True
+
+    def build_prompt(self, hits: Sequence[Hit]) -> list[int]:
+        return self.prompts.build(self.question_ids, hits)
+
+
+def plan_question(
+    prompts: PromptBuilder, question: str, *, max_model_len: int, max_tokens: int, context_tokens: int
+) -> QuestionPlan:
+    """Checks the question fits the model and fixes the passages' budget (``passage_budget``)."""
+    question_ids = prompts.encode(question)
+    budget = passage_budget(
+        max_model_len=max_model_len,
+        max_tokens=max_tokens,
+        overhead=prompts.question_overhead(question_ids),
+        context_tokens=context_tokens,
+        too_long="question too long: its prompt takes",
+        param="question",
+    )
+    return QuestionPlan(question, question_ids, budget, prompts)
+
+
+@dataclass(frozen=True, slots=True)
+class TextPlan:
+    """A raw prompt continued as sent: no template, no passages (``/v1/completions``, retrieval off)."""
+
+    query: str
+    prompt_ids: list[int]
+    with_passages: bool = False
+    context_budget: int = 0
+
+    def build_prompt(self, hits: Sequence[Hit]) -> list[int]:
+        return list(self.prompt_ids)
+
+
+def plan_text(prompts: PromptBuilder, text: str, *, max_model_len: int, max_tokens: int) -> TextPlan:
+    ids = prompts.encode(text)
+    passage_budget(
+        max_model_len=max_model_len,
+        max_tokens=max_tokens,
+        overhead=len(ids),
+        context_tokens=0,
+        too_long="prompt too long: it takes",
+        param="prompt",
+    )
+    return TextPlan(text, ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationPlan:
+    """One conversation (``/v1/chat/completions``)."""
 
     query: str  # the text embedded for retrieval
-    build_prompt: Callable[[Sequence[Hit]], list[int]]  # packed passages -> the prompt's token ids
+    prompt_for: Callable[[Sequence[Hit]], list[int]]  # packed passages -> the prompt's token ids
     context_budget: int  # most tokens of passages that still fit
     overhead_tokens: int  # prompt tokens that are not passages
     messages_dropped: int  # older messages left out to fit the context
+    with_passages: bool = True
+
+    def build_prompt(self, hits: Sequence[Hit]) -> list[int]:
+        return self.prompt_for(hits)
 
 
 def retrieval_query(messages: Sequence[Message], max_chars: int) -> str:
@@ -69,7 +167,7 @@ def _groups(turns: Sequence[Message]) -> list[list[Message]]:
     return groups
 
 
-def plan_chat(
+def plan_conversation(
     prompts: PromptBuilder,
     messages: Sequence[Message],
     *,
@@ -79,7 +177,7 @@ def plan_chat(
     max_tokens: int,
     context_tokens: int,
     max_query_chars: int,
-) -> ChatPlan:
+) -> ConversationPlan:
     """Raises ``InvalidRequest`` for a conversation without a final user message or one that
     cannot fit even without its older turns."""
     messages = [Message(m.role, _clean(m.content)) for m in messages]
@@ -114,15 +212,17 @@ def plan_chat(
             return len(head)
         return len(head) + len(middle) + len(tail) + len(question_ids) + prompts.no_context_tokens
 
-    least = cost(len(groups))
-    if least >= room:
-        raise InvalidRequest(
-            f"conversation too long: its system messages and last user message take {least} tokens "
-            f"and the answer {max_tokens}, over the model's context of {max_model_len}",
-            code="context_length_exceeded",
+    def budget(overhead: int) -> int:
+        return passage_budget(
+            max_model_len=max_model_len,
+            max_tokens=max_tokens,
+            overhead=overhead,
+            context_tokens=context_tokens if retrieve else 0,
+            too_long="conversation too long: its system messages and last user message take",
             param="messages",
         )
-    reserve = min(context_tokens, room - least) if retrieve else 0
+
+    reserve = budget(cost(len(groups)))
     # The fewest whole turns to drop (cost only falls as turns go): usually none, one render.
     low, high = 0, len(groups)
     while low < high:
@@ -137,10 +237,9 @@ def plan_chat(
     query = retrieval_query(messages, max_query_chars)
     if not retrieve:
         ids = head
-        return ChatPlan(query, lambda hits: list(ids), 0, overhead, dropped_messages)
+        return ConversationPlan(query, lambda hits: list(ids), 0, overhead, dropped_messages, False)
 
     def build(hits: Sequence[Hit]) -> list[int]:
         return [*head, *prompts.context_or_note_ids(hits), *middle, *question_ids, *tail]
 
-    budget = min(context_tokens, room - overhead)
-    return ChatPlan(query, build, budget, overhead, dropped_messages)
+    return ConversationPlan(query, build, budget(overhead), overhead, dropped_messages)

@@ -20,7 +20,9 @@ from rag_service.errors import NotReady
 from rag_service.generation.generator import Generator, VllmGenerator
 from rag_service.index.live import LiveIndex
 from rag_service.index.snapshot import IndexSpec
-from rag_service.pipeline.pipeline import AskRequest, Deadline, Pipeline
+from rag_service.ingestion.worker import IngestWorker
+from rag_service.pipeline.budgets import Deadline
+from rag_service.pipeline.pipeline import AnswerRequest, Pipeline
 from rag_service.prompting.prompt import PromptBuilder
 from rag_service.retrieval.passages import PassageSearch
 from rag_service.runtime import readiness
@@ -70,6 +72,7 @@ class Service:
         self.metrics.watch(self.metrics.queued, lambda: self.admission.queued)
         self.gc_watch = GcPauseWatch(self.metrics.gc_pause)  # from start() until stop()
         self.live: LiveIndex | None = None  # the index the documents API writes to
+        self.ingest_worker: IngestWorker | None = None  # the documents API's writer, made with `live`
         self.generator_dtype: DtypeChoice | None = None  # resolved at start (hardware.py)
         self.generator_settings = settings.generator
         self.encoder_dtype: DtypeChoice | None = None
@@ -174,6 +177,7 @@ class Service:
         # Snapshot + replay of newer rows; its rebuild thread runs at the ingestion niceness.
         self.live = LiveIndex.open(s.index_path, spec, s.index, background_nice=s.ingest.nice)
         self.live.start_refresh(s.index.refresh_s)
+        self.ingest_worker = IngestWorker(self.live, s)  # its encoder loads on the first write
         return PassageSearch(self.live, prompts, s.retriever)
 
     async def _warm_up(self, pipeline: Pipeline) -> None:
@@ -247,7 +251,7 @@ class Service:
             body["budget_check"] = self.readiness.describe()
         return body
 
-    def _warm_up_request(self, pipeline: Pipeline, question: str, budgets: BudgetSettings) -> AskRequest:
+    def _warm_up_request(self, pipeline: Pipeline, question: str, budgets: BudgetSettings) -> AnswerRequest:
         return pipeline.new_request(
             question,
             top_k=self.settings.retriever.top_k,
@@ -259,9 +263,12 @@ class Service:
         )
 
     async def stop(self) -> None:
-        """Everything ``start`` began, ended: the batcher, the engine, a last index snapshot."""
+        """Everything ``start`` began, ended: the batcher, the ingestion worker (a write in progress
+        finishes), the engine, a last index snapshot."""
         if self._pipeline is not None:
             await self._pipeline.close()
+        if self.ingest_worker is not None:
+            await asyncio.to_thread(self.ingest_worker.close)
         self.gc_watch.stop()
         if self._generator is not None:
             self._generator.shutdown()

@@ -71,6 +71,14 @@ CREATE INDEX chunks_by_deleted_seq ON chunks (deleted_seq) WHERE deleted_seq IS 
 _PROGRESS_STEPS = 1000
 
 
+class StoreQueryError(Exception):
+    """A read of the store failed (the database's own error is the cause)."""
+
+
+class SearchInterrupted(StoreQueryError):
+    """A full-text search was stopped inside SQLite because its time (``until``) had passed."""
+
+
 def content_hash(doc: Document) -> str:
     """Same id + same hash = nothing to do (an idempotent re-send)."""
     return hashlib.sha256(f"{doc.title}\x00{doc.text}".encode()).hexdigest()
@@ -294,15 +302,23 @@ class DocumentStore:
     def text_search(self, text: str, k: int, *, until: float | None = None) -> list[tuple[int, float]]:
         """Lexical search (``lexical.search``): the best ``k`` (vector id, BM25 score) pairs among the
         live chunks. ``until`` (``time.monotonic()``) interrupts the query inside SQLite once passed
-        (``sqlite3.OperationalError``), so a late search stops using the CPU."""
+        (``SearchInterrupted``), so a late search stops using the CPU; any other database error is a
+        ``StoreQueryError``."""
         db = self._reader()
+        interrupted = False
 
         def past_deadline() -> int:
-            return 1 if until is not None and time.monotonic() > until else 0
+            nonlocal interrupted
+            interrupted = until is not None and time.monotonic() > until
+            return 1 if interrupted else 0
 
         db.set_progress_handler(past_deadline, _PROGRESS_STEPS)
         try:
             return lexical.search(db, text, k)
+        except sqlite3.Error as exc:
+            if interrupted:
+                raise SearchInterrupted("the full-text search ran past its time") from exc
+            raise StoreQueryError(f"full-text search failed: {exc}") from exc
         finally:
             db.set_progress_handler(None, 0)
 

@@ -2,20 +2,28 @@
 
 Nothing here replaces a component: the real encoder, index and vLLM still do their work; a delay is
 only added before it (or before each generated token), which is how a test makes "this stage ran
-late" happen on purpose. It is active only when ``RAG_FAULTS__ENABLED=true`` (the test server sets
-it) and then read per request from the header ``X-Rag-Fault-Delay: embed=500,token=200``
-(milliseconds) so one shared test server can serve both plain and delayed requests.
+late" happen on purpose. The delays are wrappers of the pipeline's components (``delayed``), made for
+one request; the pipeline itself knows nothing of them. Over HTTP they are active only when
+``RAG_FAULTS__ENABLED=true`` (the test server sets it) and then read per request from the header
+``X-Rag-Fault-Delay: embed=500,token=200`` (milliseconds), so one shared test server can serve both
+plain and delayed requests; tests of the pipeline itself call ``delayed`` directly.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 
-from rag_service.domain import GenerationChunk, Sampling
+import numpy as np
+
+from rag_service.config import RetrievalMode
+from rag_service.domain import GenerationChunk, Hit, Sampling
 from rag_service.errors import InvalidRequest
 from rag_service.generation.generator import Generator
+from rag_service.pipeline.budgets import Deadline
+from rag_service.pipeline.pipeline import Answer, AnswerRequest, Embedder, Pipeline, Searcher, SearchResult
 
 HEADER = "x-rag-fault-delay"
 
@@ -51,6 +59,68 @@ class FaultDelays:
     @property
     def slows_generation(self) -> bool:
         return self.first_token > 0 or self.token > 0
+
+
+def delayed(pipeline: Pipeline, delays: FaultDelays) -> Pipeline:
+    """``pipeline`` for one request, its components wrapped with ``delays`` (those that have one)."""
+    view = pipeline.with_components(
+        embedder=DelayedEmbedder(pipeline.embedder, delays.embed) if delays.embed else None,
+        searcher=DelayedSearcher(pipeline.searcher, delays) if delays.retrieve or delays.lexical else None,
+        generator=DelayedGenerator(pipeline.generator, delays) if delays.slows_generation else None,
+    )
+    if not delays.admitted:
+        return view
+    late: DelayedPipeline = object.__new__(DelayedPipeline)
+    late.__dict__.update(view.__dict__)
+    late.admitted_delay = delays.admitted
+    return late
+
+
+class DelayedPipeline(Pipeline):
+    """Starts each request ``admitted_delay`` seconds late (after admission, before any stage)."""
+
+    admitted_delay: float
+
+    async def search(
+        self, query: str, top_k: int, deadline: Deadline | None = None, mode: RetrievalMode | None = None
+    ) -> SearchResult:
+        await asyncio.sleep(self.admitted_delay)
+        return await super().search(query, top_k, deadline, mode)
+
+    async def ask_stream(self, req: AnswerRequest) -> AsyncGenerator[str | Answer, None]:
+        await asyncio.sleep(self.admitted_delay)
+        async with aclosing(super().ask_stream(req)) as items:  # closed with this one: aborts in vLLM
+            async for item in items:
+                yield item
+
+
+class DelayedEmbedder:
+    """The real embedder (the query batcher), ``seconds`` late."""
+
+    def __init__(self, real: Embedder, seconds: float) -> None:
+        self._real = real
+        self._seconds = seconds
+
+    async def embed(self, text: str, deadline: float | None = None) -> np.ndarray:
+        await asyncio.sleep(self._seconds)
+        return await self._real.embed(text, deadline)
+
+
+class DelayedSearcher(Searcher):
+    """The real searches: the dense one ``retrieve`` late, the full-text one ``lexical`` late."""
+
+    def __init__(self, real: Searcher, delays: FaultDelays) -> None:
+        super().__init__(real.passages)
+        self._real = real
+        self._delays = delays
+
+    async def dense(self, vector: np.ndarray, k: int) -> list[Hit]:
+        await asyncio.sleep(self._delays.retrieve)
+        return await self._real.dense(vector, k)
+
+    async def lexical(self, text: str, k: int, until: float) -> list[Hit]:
+        await asyncio.sleep(self._delays.lexical)
+        return await self._real.lexical(text, k, until)
 
 
 class DelayedGenerator:

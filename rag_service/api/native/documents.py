@@ -14,11 +14,13 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rag_service.api.auth import require_api_key
+from rag_service.api.params import service_of
 from rag_service.api.responses import OrjsonResponse
 from rag_service.domain import Document
 from rag_service.errors import InvalidRequest, NotFound
 from rag_service.index.live import LiveIndex
-from rag_service.ingestion.ingestor import IngestWorker, validate_batch
+from rag_service.ingestion.ingestor import validate_batch
+from rag_service.ingestion.worker import IngestWorker
 from rag_service.runtime.service import Service
 
 router = APIRouter()
@@ -51,23 +53,20 @@ class DocumentsBody(BaseModel):
 
 
 def _live(request: Request) -> tuple[Service, LiveIndex]:
-    service: Service = request.app.state.service
+    service = service_of(request)
     service.pipeline  # noqa: B018 -- raises NotReady (503) until the service is ready
     assert service.live is not None
     return service, service.live
 
 
-def _worker(request: Request, service: Service, live: LiveIndex) -> IngestWorker:
-    worker: IngestWorker | None = getattr(request.app.state, "ingest_worker", None)
-    if worker is None:
-        worker = IngestWorker(live, service.settings)
-        request.app.state.ingest_worker = worker
-    return worker
+def _worker(service: Service) -> IngestWorker:
+    assert service.ingest_worker is not None  # made with the live index, before the service is ready
+    return service.ingest_worker
 
 
 @router.post("/v1/documents", dependencies=[Depends(require_api_key)])
 async def upsert_documents(body: DocumentsBody, request: Request) -> OrjsonResponse:
-    service, live = _live(request)
+    service, _ = _live(request)
     limit = service.settings.ingest.max_batch_docs
     if len(body.documents) > limit:
         raise InvalidRequest(
@@ -77,7 +76,7 @@ async def upsert_documents(body: DocumentsBody, request: Request) -> OrjsonRespo
         )
     docs = [Document(id=d.id, title=d.title, text=d.text) for d in body.documents]
     validate_batch(docs)  # duplicate ids: the whole batch is refused before anything is written
-    result = await _worker(request, service, live).upsert(docs)
+    result = await _worker(service).upsert(docs)
     return OrjsonResponse(
         {
             "upserted": result.upserted,
@@ -108,8 +107,8 @@ async def get_document(doc_id: str, request: Request) -> OrjsonResponse:
 
 @router.delete("/v1/documents/{doc_id:path}", dependencies=[Depends(require_api_key)])
 async def delete_document(doc_id: str, request: Request) -> OrjsonResponse:
-    service, live = _live(request)
-    result = await _worker(request, service, live).delete(doc_id)
+    service, _ = _live(request)
+    result = await _worker(service).delete(doc_id)
     if not result.deleted:
         raise NotFound(f"no document with id {doc_id!r}", param="id")
     return OrjsonResponse({"deleted": doc_id, "seq": result.seq})

@@ -71,12 +71,3 @@ class SearchBody(_Strict):
     )
 
     _check_query = field_validator("query")(_not_blank)
-
-
-class Source(BaseModel):
-    id: str
-    doc_id: str
-    title: str
-    text: str
-    score: float
-    retrievers: dict[str, int] = Field(description="The passage's 1-based rank in each list that found it.")

@@ -1,10 +1,11 @@
-"""Request bodies of the OpenAI-compatible API (``/v1/chat/completions``, ``/v1/embeddings``).
+"""Request bodies of the OpenAI-compatible API (``/v1/chat/completions``, ``/v1/completions``,
+``/v1/embeddings``).
 
 Every field OpenAI documents for these requests is accepted by the parser, so a client never meets
 a confusing "extra field" error for a standard field; each one is then either honoured, accepted
 as bookkeeping that cannot change the answer, or refused with a 400 naming it (``refused_parameter``).
 Fields OpenAI does not document are refused, as OpenAI does ("Unrecognized request argument").
-Our own extension is one object, ``rag``. Responses are built as plain dicts in the routes.
+Our own extension is one object, ``rag``. Responses are built as plain dicts by the serving modules.
 """
 
 from __future__ import annotations
@@ -149,3 +150,58 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] | None = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = Field(None, description="Accepted, not used.")
+
+
+class CompletionRagOptions(RagOptions):
+    """``rag`` on ``/v1/completions``: retrieval is off unless asked for (README, "Completions")."""
+
+    retrieval: bool = Field(
+        False, description="true: retrieve for the prompt and ask it as a question, with the passages."
+    )
+
+
+class CompletionRequest(_Body):
+    model: str
+    # A string, or a list of one string; token-id prompts are refused (another tokenizer's ids).
+    prompt: str | list[str] | list[int] | list[list[int]]
+    # Honoured.
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    rag: CompletionRagOptions | None = None
+    # Honoured where the value asks for what we do anyway, refused otherwise (see refused_parameter).
+    n: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool | None = None
+    suffix: str | None = None
+    logit_bias: dict[str, float] | None = None
+    # Bookkeeping that cannot change the answer: accepted and not used.
+    user: str | None = None
+
+    def refused_parameter(self) -> tuple[str, str] | None:
+        """``(param, message)`` for the first field asking for something this server cannot do."""
+        checks: list[tuple[str, bool, str]] = [
+            ("n", (self.n or 1) > 1, "n > 1 is not supported: ask once per completion"),
+            ("best_of", (self.best_of or 1) > 1, "best_of > 1 is not supported"),
+            ("logprobs", bool(self.logprobs), "logprobs are not supported"),
+            ("echo", bool(self.echo), "echo is not supported"),
+            ("suffix", bool(self.suffix), "suffix (insertion) is not supported"),
+            (
+                "logit_bias",
+                bool(self.logit_bias),
+                "logit_bias is not supported: its token ids are another tokenizer's",
+            ),
+            (
+                "stream_options",
+                self.stream_options is not None and not self.stream,
+                "stream_options is only allowed when stream is true",
+            ),
+        ]
+        return next(((param, message) for param, refused, message in checks if refused), None)
