@@ -8,7 +8,7 @@ EXTRAS ?= cpu,dev,load
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install models index calibrate allocator run test test-startup loadtest loadtest-run bench lint format clean compose-tool
+.PHONY: install models index calibrate allocator run test test-fast test-startup loadtest loadtest-run bench lint format clean compose-tool
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ compose-tool:
 
 test: index compose-tool allocator $(BENCH_STAMP)
 	$(BIN)/python -m pytest -ra
+
+# Everything that does not start vLLM (tests marked `vllm`, see tests/conftest.py): unit tests and the
+# real encoder, FAISS and SQLite, in a few minutes.
+test-fast: index
+	$(BIN)/python -m pytest -ra -m "not vllm"
 
 # Headless Locust run with a pass/fail verdict on the stage budgets; starts (and stops) a server on
 # 127.0.0.1 when none answers at LOADTEST_URL. Reports: reports/loadtest/. Extra Locust options go in

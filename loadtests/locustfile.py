@@ -48,6 +48,7 @@ log = logging.getLogger("loadtest")
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_QUESTIONS = Path(__file__).with_name("questions.jsonl")
 STAGE_TYPE = "STAGE"
+CHAT_MODEL = "smollm2-135m-instruct"  # what /v1/models names first (read at start; this if it cannot)
 CLIENT_TYPE = "CLIENT"
 
 QUESTIONS: list[str] = []
@@ -174,10 +175,77 @@ class _RagUser(FastHttpUser):
 
 
 class ChatUser(_RagUser):
-    """A person in a chat window: mostly streamed answers, some plain JSON ones."""
+    """A person in a chat window: mostly streamed answers, some plain JSON ones, through our own API
+    (``/v1/ask``) and the OpenAI-compatible one (``/v1/chat/completions``, as chat frontends call it)."""
 
     weight = 3
     wait_time = between(1, 3)
+
+    def on_start(self) -> None:
+        key = self.environment.parsed_options.api_key
+        self.headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.model = CHAT_MODEL
+        resp = self.client.get("/v1/models", headers=self.headers, name="/v1/models")
+        if resp.status_code == 200 and resp.json().get("data"):
+            self.model = str(resp.json()["data"][0]["id"])  # the generator comes first
+
+    def chat_body(self, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": random.choice(QUESTIONS)}],
+            "stream": stream,
+        }
+        if self.environment.parsed_options.max_tokens:
+            body["max_tokens"] = self.environment.parsed_options.max_tokens
+        return body
+
+    @task(1)
+    def chat(self) -> None:
+        with self.client.post(
+            "/v1/chat/completions",
+            json=self.chat_body(stream=False),
+            headers=self.headers,
+            name="/v1/chat/completions",
+            catch_response=True,
+        ) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
+                return
+            completion = resp.json()
+            count_degraded(completion)
+            report_timings(self.environment, completion.get("timings_ms", {}), STAGES)
+
+    @task(3)
+    def chat_stream(self) -> None:
+        started = time.perf_counter()
+        with self.client.post(
+            "/v1/chat/completions",
+            json=self.chat_body(stream=True),
+            headers=self.headers,
+            name="/v1/chat/completions [stream]",
+            stream=True,
+            catch_response=True,
+        ) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}")
+                return
+            raw = b"".join(
+                c if isinstance(c, bytes) else c.encode()
+                for c in resp.iter_content(chunk_size=1 << 16, decode_content=False)
+            )
+            resp.request_meta["response_time"] = (time.perf_counter() - started) * 1000
+            events_ = [frame.removeprefix(b"data: ") for frame in raw.split(b"\n\n") if frame.strip()]
+            if not events_ or events_[-1] != b"[DONE]":
+                resp.failure("stream did not end with [DONE]")
+                return
+            chunks = [json.loads(e) for e in events_[:-1]]
+            finish = [c for c in chunks if (c.get("choices") or [{}])[0].get("finish_reason")]
+            if not finish:
+                resp.failure(f"stream ended without a finish_reason chunk: {events_[-2][:200]!r}")
+                return
+            resp.success()
+        count_degraded(finish[-1])
+        report_timings(self.environment, finish[-1].get("timings_ms", {}), STAGES)
 
     @task(1)
     def ask(self) -> None:

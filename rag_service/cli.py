@@ -185,7 +185,7 @@ def cmd_compact(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from rag_service.runtime import calibration
+    from rag_service.runtime import calibration, measuring
 
     env_file = Path(args.env_file)
     if args.if_needed:
@@ -196,7 +196,7 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
         if calibration.calibrated_fingerprint(env_file) == current:
             print(f"budgets already calibrated for this machine and these settings in {env_file}", flush=True)
             return 0
-    result, print_id = asyncio.run(calibration.calibrate(settings, singles=args.singles, rounds=args.rounds))
+    result, print_id = asyncio.run(measuring.calibrate(settings, singles=args.singles, rounds=args.rounds))
     budgets = settings.budget.as_dict()
     print(f"\n{'stage':<12} {'p50 ms':>9} {'p99 ms':>9} {'proposed':>9} {'in force':>9}", flush=True)
     for stage, proposed in result.proposed_ms.items():

@@ -3,6 +3,9 @@
 Nested sections use ``__`` in variable names, e.g. ``RAG_INDEX__EF_SEARCH=96``. Build it with
 ``get_settings()`` in the process entry point and pass it explicitly everywhere else, so tests can
 construct ``Settings(...)`` directly instead of patching the environment.
+
+Longer than 400 lines: every settings section sits in this one module, because ``.env.example`` is
+rendered from it (``rag-service env-example``) and must list every setting, in one order.
 """
 
 from __future__ import annotations

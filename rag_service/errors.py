@@ -29,11 +29,6 @@ class InvalidRequest(RagError):
     code = "invalid_request"
 
 
-class PayloadTooLarge(InvalidRequest):
-    status = 413
-    code = "payload_too_large"
-
-
 class Unauthorized(RagError):
     """Missing or wrong API key (only when ``RAG_API_KEY`` is set)."""
 

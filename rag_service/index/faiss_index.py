@@ -96,13 +96,6 @@ class FaissIndex:
             scores, ids = self._index.search(vectors, k)
         return scores, ids
 
-    def ids(self) -> np.ndarray:
-        """Every vector id in the graph (a test checks none is there twice)."""
-        import faiss
-
-        with self._lock.read():
-            return faiss.vector_to_array(self._index.id_map).copy()
-
     def _check(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.spec.dimension:

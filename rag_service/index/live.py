@@ -145,12 +145,6 @@ class LiveIndex:
         """The live passage of a vector id; None if deleted, replaced or not applied here yet."""
         return self._passages.get(vector_id)
 
-    def vector_ids(self) -> np.ndarray:
-        return self._graph.ids()
-
-    def live_ids(self) -> set[int]:
-        return set(self._passages)
-
     def stats(self) -> dict[str, Any]:
         stored = self.store.stats()
         return {

@@ -19,7 +19,6 @@ import orjson
 from rag_service.domain import Document
 from rag_service.errors import InvalidRequest
 
-DEFAULT_CORPUS_NAME = "python-reference"
 TEXT_SUFFIXES = (".txt", ".md")
 SUFFIXES = (".jsonl", *TEXT_SUFFIXES)
 

@@ -1,0 +1,3 @@
+"""The RAG prompt and its token counting, and the request plans (question, conversation, raw text) with the
+one context-budget rule.
+"""

@@ -71,9 +71,6 @@ class PromptBuilder:
             ids += self._passage_ids(number, hit.passage)
         return ids
 
-    def context_text(self, hits: Sequence[Hit]) -> str:
-        return SEPARATOR.join(self.passage_block(i, h.passage) for i, h in enumerate(hits, start=1))
-
     def messages(self, question: str, context: str) -> list[dict[str, str]]:
         user = f"Passages:\n{context or NO_CONTEXT}{SEPARATOR}Question: {question}"
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]

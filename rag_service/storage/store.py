@@ -21,6 +21,10 @@ survives ``kill -9`` (and a power cut).
 
 Reads for lexical search go through one read-only connection per thread (``text_search``): in WAL
 mode they see the last committed batch and never wait for a write in progress, nor for each other.
+
+Longer than 400 lines: the schema, the one-time upgrades of older databases and every query of
+the store stay together, since each write's invariants (one transaction, FTS5 in step with the
+chunks, tombstones) are only checkable in one place.
 """
 
 from __future__ import annotations
@@ -321,15 +325,6 @@ class DocumentStore:
             raise StoreQueryError(f"full-text search failed: {exc}") from exc
         finally:
             db.set_progress_handler(None, 0)
-
-    def text_row_ids(self) -> set[int]:
-        """Every row id in the full-text index (a consistency check: it must equal the live chunks)."""
-        with self._lock:
-            return {r[0] for r in self._db.execute(f"SELECT rowid FROM {lexical.FTS_TABLE}").fetchall()}
-
-    def live_vector_ids(self) -> set[int]:
-        with self._lock:
-            return {r[0] for r in self._db.execute("SELECT vector_id FROM chunks WHERE deleted_seq IS NULL")}
 
     def _reader(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._readers, "db", None)

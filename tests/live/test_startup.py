@@ -17,7 +17,7 @@ import pytest
 
 from rag_service.config import Settings
 from rag_service.runtime.readiness import STAGES
-from tests.conftest import LOOSE_BUDGETS, start_server, wait_until_started
+from tests.support.server import LOOSE_BUDGETS, start_server, wait_until_started
 
 pytestmark = pytest.mark.vllm
 SHORT = {"RAG_GENERATOR__MAX_TOKENS": "16"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from rag_service.api import build_app
-from tests.conftest import REPO, LiveServer, repo_settings
+from tests.support.http import assert_error
+from tests.support.paths import REPO, repo_settings
+from tests.support.server import LiveServer
 
 KETTLE = {
     "id": "test:kettle",
@@ -28,19 +29,6 @@ BIKE = {
     "title": "Bicycles",
     "text": "A bicycle chain carries the force of the pedals to the rear wheel's sprocket.",
 }
-
-
-@pytest.fixture(scope="module")
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, timeout=120) as c:
-        yield c
-
-
-def _error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == code and error["message"]
-    return error
 
 
 def _search(client: httpx.Client, query: str, top_k: int = 5) -> list[dict[str, Any]]:
@@ -87,8 +75,8 @@ def test_upsert_search_replace_delete(client: httpx.Client) -> None:
     r = client.delete("/v1/documents/test:kettle")
     assert r.status_code == 200 and r.json()["deleted"] == "test:kettle"
     assert all(h["doc_id"] != "test:kettle" for h in _search(client, "how long should green tea steep?", 20))
-    _error(client.get("/v1/documents/test:kettle"), 404, "not_found")
-    _error(client.delete("/v1/documents/test:kettle"), 404, "not_found")
+    assert_error(client.get("/v1/documents/test:kettle"), 404, "not_found")
+    assert_error(client.delete("/v1/documents/test:kettle"), 404, "not_found")
     client.delete("/v1/documents/test:bike")
 
 
@@ -125,7 +113,7 @@ def test_answer_sources_name_the_document_and_chunk(client: httpx.Client) -> Non
 )
 def test_bad_batches_are_refused_whole(client: httpx.Client, body: dict[str, Any], param: str) -> None:
     before = client.get("/v1/index/stats").json()
-    error = _error(client.post("/v1/documents", json=body), 400, "invalid_request")
+    error = assert_error(client.post("/v1/documents", json=body), 400, "invalid_request")
     assert error["param"] == param
     assert client.get("/v1/index/stats").json() == before, "nothing of a refused batch is stored"
     assert client.get("/v1/documents/x1").status_code == 404
@@ -135,9 +123,9 @@ def test_non_utf8_and_huge_bodies(client: httpx.Client) -> None:
     before = client.get("/v1/index/stats").json()
     bad = b'{"documents": [{"id": "x", "text": "caf\xe9"}]}'
     r = client.post("/v1/documents", content=bad, headers={"content-type": "application/json"})
-    _error(r, 400, "invalid_request")
+    assert_error(r, 400, "invalid_request")
     huge = {"documents": [{"id": "big", "text": "word " * 20_000}]}  # over the server's 64 KiB
-    _error(client.post("/v1/documents", json=huge), 413, "payload_too_large")
+    assert_error(client.post("/v1/documents", json=huge), 413, "payload_too_large")
     assert client.get("/v1/index/stats").json() == before
 
 

@@ -6,22 +6,13 @@ lexical side is late (made deterministic with the test-only ``lexical`` fault de
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
-
 FAULT = "X-Rag-Fault-Delay"
 QUESTION = "What does the pass statement do?"
-
-
-@pytest.fixture(scope="module")
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, timeout=120) as c:
-        yield c
 
 
 def _search(client: httpx.Client, query: str, **extra: Any) -> dict[str, Any]:

@@ -8,18 +8,14 @@ of a stream (see ``test_error_mid_stream_*``).
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import openai
 import orjson
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from openai.types.chat import ChatCompletionMessageParam
@@ -36,38 +32,14 @@ from rag_service.pipeline.pipeline import Answer, AnswerRequest
 from rag_service.prompting.plans import ConversationPlan
 from rag_service.runtime.admission import AdmissionController
 from rag_service.runtime.metrics import Metrics
-from tests.conftest import LiveServer, repo_settings
+from tests.support.http import assert_error, sse_frames
+from tests.support.paths import repo_settings
+from tests.support.server import LiveServer, serve_in_thread
 
 CHAT_MODEL = "smollm2-135m-instruct"
 ASK: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "What happens when a break statement is executed inside a loop?"}
 ]
-
-
-@pytest.fixture(scope="module")
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, timeout=120) as c:
-        yield c
-
-
-def _assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    if code:
-        assert error["code"] == code
-    return error
-
-
-def _frames(raw: bytes) -> list[bytes]:
-    """SSE as OpenAI sends it: only ``data: <json>`` events, each ending in a blank line."""
-    assert raw.endswith(b"\n\n")
-    frames = raw.split(b"\n\n")[:-1]
-    assert all(f.startswith(b"data: ") and b"\n" not in f for f in frames), frames
-    return [f.removeprefix(b"data: ") for f in frames]
 
 
 # --- SSE framing --------------------------------------------------------------------------------
@@ -79,7 +51,7 @@ def test_stream_framing(client: httpx.Client) -> None:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["x-request-id"].startswith("rag-")
-        frames = _frames(r.read())
+        frames = sse_frames(r.read())
     assert frames[-1] == b"[DONE]"
     chunks = [orjson.loads(f) for f in frames[:-1]]
     first, *middle, final, usage = chunks
@@ -96,7 +68,7 @@ def test_stream_framing(client: httpx.Client) -> None:
 
 def test_bad_stream_request_is_a_json_error_not_a_stream(client: httpx.Client) -> None:
     body = {"model": CHAT_MODEL, "messages": ASK, "stream": True, "temperature": -1}
-    _assert_error(client.post("/v1/chat/completions", json=body), 400)
+    assert_error(client.post("/v1/chat/completions", json=body), 400)
 
 
 # --- error shapes -------------------------------------------------------------------------------
@@ -138,7 +110,7 @@ def test_bad_requests_get_the_openai_error_envelope(
     client: httpx.Client, payload: dict, param: str | None
 ) -> None:
     path = "/v1/embeddings" if "input" in payload else "/v1/chat/completions"
-    error = _assert_error(client.post(path, json=payload), 400)
+    error = assert_error(client.post(path, json=payload), 400)
     assert error["type"] == "invalid_request_error"
     if param is not None:
         assert error["param"] == param
@@ -171,13 +143,13 @@ def test_accepted_bookkeeping_fields_and_text_parts(client: httpx.Client) -> Non
 
 
 def test_unknown_model_and_invalid_json(client: httpx.Client) -> None:
-    error = _assert_error(client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": ASK}), 404)
+    error = assert_error(client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": ASK}), 404)
     assert error["code"] == "model_not_found" and error["param"] == "model"
     r = client.post(
         "/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"}
     )
-    _assert_error(r, 400)
-    _assert_error(client.get("/v1/models/nope"), 404, "model_not_found")
+    assert_error(r, 400)
+    assert_error(client.get("/v1/models/nope"), 404, "model_not_found")
 
 
 # --- client disconnect aborts the generation ----------------------------------------------------
@@ -216,36 +188,10 @@ def test_disconnect_aborts_a_non_streamed_completion(client: httpx.Client, live_
 # --- a small second server without vLLM ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def _serve(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a thread, without its lifespan: nothing is loaded."""
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "test server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_api_key_is_required_when_configured() -> None:
     settings = repo_settings().model_copy(update={"api_key": SecretStr("s3cret")})
     # The app's lifespan is off: the service never loads, so chat answers 503 (not ready) once past the key.
-    with _serve(build_app(settings)) as url:
+    with serve_in_thread(build_app(settings)) as url:
         good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0, timeout=30)
         assert [m.id for m in good.models.list().data] == [
             CHAT_MODEL,
@@ -267,7 +213,7 @@ def test_api_key_is_required_when_configured() -> None:
             ("POST", "/v1/embeddings"),
         ]:
             r = httpx.request(method, url + path, json={})
-            error = _assert_error(r, 401)
+            error = assert_error(r, 401)
             assert error["type"] == "authentication_error" and r.headers["www-authenticate"] == "Bearer"
         # Our own read-only API stays open.
         assert httpx.get(f"{url}/healthz").status_code == 200
@@ -303,9 +249,9 @@ def _failing_app() -> FastAPI:
 
 
 def test_error_mid_stream_is_an_error_event_then_done() -> None:
-    with _serve(_failing_app()) as url:
+    with serve_in_thread(_failing_app()) as url:
         raw = httpx.post(f"{url}/v1/chat/completions", json={}).content
-    frames = _frames(raw)
+    frames = sse_frames(raw)
     assert frames[-1] == b"[DONE]"
     events = [orjson.loads(f) for f in frames[:-1]]
     assert [e["choices"][0]["delta"].get("content") for e in events[1:3]] == ["The loop", " ends"]
@@ -320,7 +266,7 @@ def test_error_mid_stream_is_an_error_event_then_done() -> None:
 
 
 def test_error_mid_stream_raises_in_the_official_client() -> None:
-    with _serve(_failing_app()) as url:
+    with serve_in_thread(_failing_app()) as url:
         received = []
         with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
             stream = client.chat.completions.create(model=CHAT_MODEL, messages=ASK, stream=True)

@@ -9,35 +9,10 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import LiveServer
+from tests.support.http import assert_error, sse_frames
+from tests.support.server import LiveServer
 
 BREAK_QUESTION = "What happens when a break statement is executed inside a loop?"
-
-
-@pytest.fixture(scope="module")
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, timeout=120) as c:
-        yield c
-
-
-def _assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert set(error) >= {"message", "type", "code"}
-    assert error["message"]
-    if code:
-        assert error["code"] == code
-    return error
-
-
-def _sse_events(response: httpx.Response) -> list[bytes]:
-    raw = response.read()
-    assert raw.endswith(b"\n\n")
-    frames = raw.split(b"\n\n")[:-1]
-    for frame in frames:
-        assert frame.startswith(b"data: "), frame
-    return [frame.removeprefix(b"data: ") for frame in frames]
 
 
 # --- health -------------------------------------------------------------------------------------
@@ -98,7 +73,7 @@ def test_ask_streaming_framing_and_content(client: httpx.Client) -> None:
     with client.stream("POST", "/v1/ask", json={"question": BREAK_QUESTION, "stream": True}) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
-        events = _sse_events(r)
+        events = sse_frames(r.read())
     assert events[-1] == b"[DONE]"
     payloads = [orjson.loads(e) for e in events[:-1]]
     deltas = [p for p in payloads if p["type"] == "delta"]
@@ -180,7 +155,7 @@ def test_client_disconnect_aborts_a_non_streamed_answer(
     ],
 )
 def test_ask_rejects_bad_input(client: httpx.Client, payload: dict) -> None:
-    error = _assert_error(client.post("/v1/ask", json=payload), 400)
+    error = assert_error(client.post("/v1/ask", json=payload), 400)
     assert error["type"] == "invalid_request_error"
 
 
@@ -188,27 +163,27 @@ def test_ask_rejects_bad_input(client: httpx.Client, payload: dict) -> None:
     "payload", [{}, {"query": ""}, {"query": 1}, {"query": "ok", "top_k": 0}, {"query": "ok", "top_k": 101}]
 )
 def test_search_rejects_bad_input(client: httpx.Client, payload: dict) -> None:
-    _assert_error(client.post("/v1/search", json=payload), 400)
+    assert_error(client.post("/v1/search", json=payload), 400)
 
 
 def test_error_names_the_field(client: httpx.Client) -> None:
-    error = _assert_error(client.post("/v1/ask", json={"question": "ok", "top_k": 0}), 400)
+    error = assert_error(client.post("/v1/ask", json={"question": "ok", "top_k": 0}), 400)
     assert error["param"] == "top_k" and "top_k" in error["message"]
 
 
 def test_invalid_json(client: httpx.Client) -> None:
     r = client.post("/v1/ask", content=b'{"question": ', headers={"content-type": "application/json"})
-    _assert_error(r, 400)
+    assert_error(r, 400)
 
 
 def test_body_not_an_object(client: httpx.Client) -> None:
-    _assert_error(client.post("/v1/ask", json=["question"]), 400)
+    assert_error(client.post("/v1/ask", json=["question"]), 400)
 
 
 def test_oversized_body_is_413(client: httpx.Client) -> None:
     # The test server is started with a 64 KiB body limit.
     r = client.post("/v1/ask", json={"question": "x" * 100_000})
-    _assert_error(r, 413, "payload_too_large")
+    assert_error(r, 413, "payload_too_large")
 
 
 def test_oversized_chunked_body_is_413(client: httpx.Client) -> None:
@@ -219,12 +194,12 @@ def test_oversized_chunked_body_is_413(client: httpx.Client) -> None:
         yield b'"}'
 
     r = client.post("/v1/ask", content=chunks(), headers={"content-type": "application/json"})
-    _assert_error(r, 413, "payload_too_large")
+    assert_error(r, 413, "payload_too_large")
 
 
 def test_unknown_route_and_wrong_method(client: httpx.Client) -> None:
-    _assert_error(client.get("/v1/nothing"), 404, "not_found")
-    _assert_error(client.get("/v1/ask"), 405)
+    assert_error(client.get("/v1/nothing"), 404, "not_found")
+    assert_error(client.get("/v1/ask"), 405)
 
 
 def test_server_still_healthy_after_bad_input(client: httpx.Client) -> None:

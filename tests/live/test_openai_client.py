@@ -14,7 +14,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.conftest import LiveServer
+from tests.support.server import LiveServer
 
 CHAT_MODEL = "smollm2-135m-instruct"
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"

@@ -27,7 +27,8 @@ from rag_service.ingestion.ingestor import Ingestor, chunker_for, embedding_text
 from rag_service.prompting.prompt import PromptBuilder
 from rag_service.storage.lexical import FTS_TABLE
 from rag_service.storage.store import STORE_FILE, DocumentStore, DocumentWrite
-from tests.conftest import REPO
+from tests.support.inspection import live_ids, vector_ids
+from tests.support.paths import REPO
 
 # Short reference topics: real text, a chunk or two each, quick to embed.
 TOPICS = ["pass", "break", "continue", "return", "del", "global", "nonlocal", "assert", "raise", "import"]
@@ -60,9 +61,9 @@ def _top_doc(live: LiveIndex, encoder: Encoder, text: str, k: int = 5) -> list[s
 
 
 def _assert_exactly_once(live: LiveIndex) -> None:
-    ids = live.vector_ids()
+    ids = vector_ids(live)
     assert len(ids) == len(set(ids.tolist())), "a vector is in the graph twice"
-    assert live.live_ids() <= set(ids.tolist()), "a live chunk has no vector"
+    assert live_ids(live) <= set(ids.tolist()), "a live chunk has no vector"
 
 
 def test_upsert_is_idempotent_and_new_content_replaces_old_chunks(
@@ -121,11 +122,11 @@ def test_restart_loads_the_snapshot_and_replays_newer_rows(
     live.snapshot()
     ingestor.upsert(corpus[5:])
     ingestor.delete("pyref:break")
-    expected = live.live_ids()
+    expected = live_ids(live)
     assert live.snapshot_seq < live.applied_seq
     # No close(): as after kill -9, the snapshot is older than the database.
     reopened = LiveIndex.open(folder, live.spec, settings.index)
-    assert reopened.live_ids() == expected
+    assert live_ids(reopened) == expected
     assert reopened.applied_seq == live.applied_seq
     _assert_exactly_once(reopened)
     assert "pyref:break" not in _top_doc(reopened, encoder, "break out of a loop", k=30)
@@ -208,7 +209,7 @@ def test_replaced_chunks_give_their_space_back(
     its row's ids, not its text and embedding, and the freed pages take the new chunks."""
     ingestor.upsert(corpus)
     first = _pages_in_use(live.folder)
-    ids = sorted(live.live_ids())
+    ids = sorted(live_ids(live))
     vids, vectors = live.store.live_embeddings(ids)
     chunks = {vid: p for vid in vids if (p := live.passage(vid)) is not None}
     assert len(chunks) == len(vids)
@@ -251,7 +252,7 @@ def _closed_index(
     settings = _settings()
     live = open_or_create(folder, encoder, settings)
     Ingestor(live, encoder, chunker_for(encoder, settings)).upsert(corpus)
-    expected = live.live_ids()
+    expected = live_ids(live)
     live.close()
     return folder, live.spec, expected
 
@@ -272,7 +273,7 @@ def test_old_tombstones_are_stripped_when_the_store_is_opened(
     dead = {r[0] for r in db.execute("SELECT vector_id FROM chunks WHERE deleted_seq = 2")}
     db.close()
     reopened = LiveIndex.open(folder, spec, _settings().index)
-    assert reopened.live_ids() == expected - dead
+    assert live_ids(reopened) == expected - dead
     db = sqlite3.connect(folder / STORE_FILE)
     rows = db.execute("SELECT vector_id, text, embedding FROM chunks WHERE deleted_seq = 2").fetchall()
     db.close()
@@ -306,7 +307,7 @@ def test_compact_strips_old_tombstones_and_shrinks_the_file(
     assert _cli("compact", "--index-dir", str(tmp_path / "none")).returncode == 2
 
     reopened = LiveIndex.open(folder, spec, _settings().index)  # same vector ids, same snapshot
-    assert reopened.live_ids() == expected
+    assert live_ids(reopened) == expected
     stats = reopened.store.stats()
     assert stats["tombstoned_chunks"] == 20 * len(expected)
     assert stats["free_bytes"] == 0 and stats["database_bytes"] == after
@@ -330,7 +331,7 @@ def test_a_rebuild_skips_chunks_another_process_deleted_meanwhile(
     other = DocumentStore.open(folder)
     assert other.write(deletes=["pyref:assert"]).deleted == 1
     other.close()
-    assert any(p.doc_id == "pyref:assert" for p in map(live.passage, live.live_ids()) if p is not None)
+    assert any(p.doc_id == "pyref:assert" for p in map(live.passage, live_ids(live)) if p is not None)
     live.start_rebuild().join(timeout=120)
     assert live.rebuilds == 1, "the rebuild failed"
     live.catch_up()

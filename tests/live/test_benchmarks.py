@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, LiveServer, scifact_dir
+from tests.support.paths import REPO, scifact_dir
+from tests.support.server import LiveServer
 
 
 def _bench(name: str, *args: str) -> subprocess.CompletedProcess[str]:

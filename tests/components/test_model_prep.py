@@ -14,7 +14,7 @@ from rag_service.generation.model_prep import (
     is_prepared,
     prepare_generator,
 )
-from tests.conftest import GENERATOR_DIR
+from tests.support.paths import GENERATOR_DIR
 
 
 def test_prepared_folder_is_a_complete_checkpoint() -> None:

@@ -20,7 +20,8 @@ from rag_service.embedding.encoder import Encoder
 from rag_service.index.live import LiveIndex
 from rag_service.index.snapshot import IndexSpec
 from rag_service.ingestion.corpus import read_jsonl
-from tests.conftest import REPO, scifact_dir
+from tests.support.inspection import live_ids, live_vector_ids, text_row_ids, vector_ids
+from tests.support.paths import REPO, scifact_dir
 
 DOCS = 64
 KILLS = 3
@@ -52,13 +53,13 @@ def _check(index: Path, encoder: Encoder, docs: dict[str, Document], must_have: 
     """Every acknowledged document is stored once and found first by its own text; no vector twice."""
     live = LiveIndex.open(index, IndexSpec(encoder.model_id, encoder.dimension), IndexSettings())
     try:
-        ids = live.vector_ids().tolist()
+        ids = vector_ids(live).tolist()
         assert len(ids) == len(set(ids)), "a vector is in the graph twice after the restart"
-        assert live.live_ids() <= set(ids)
+        assert live_ids(live) <= set(ids)
         stored = live.store.stats()
         assert stored["chunks"] == len(live)
         # The full-text index is written in the same transactions: exactly the live chunks, no more.
-        assert live.store.text_row_ids() == live.store.live_vector_ids() == live.live_ids()
+        assert text_row_ids(live.store) == live_vector_ids(live.store) == live_ids(live)
         for doc_id in must_have:
             doc = live.store.get(doc_id)
             assert doc is not None, f"acknowledged document {doc_id} was lost"

@@ -9,7 +9,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Histogram
 
 from rag_service.runtime.gc_pauses import GcPauseWatch
-from tests.conftest import LiveServer
+from tests.support.server import LiveServer
 
 
 def test_every_collection_is_timed_by_generation() -> None:

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from rag_service.config import Settings, render_env_example
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ from rag_service.ingestion.ingestor import Ingestor, chunker_for, open_or_create
 from rag_service.prompting.prompt import PromptBuilder
 from rag_service.retrieval.passages import DENSE, LEXICAL, PassageSearch
 from rag_service.storage.store import DocumentStore, DocumentWrite, SearchInterrupted
+from tests.support.inspection import live_vector_ids, text_row_ids
 
 DOCS = [
     Document("kettle", "Kettles", "A whistling kettle sings when the water inside reaches a rolling boil."),
@@ -38,8 +39,8 @@ def ingestor(tmp_path: Path, encoder: Encoder, settings: Settings) -> Iterator[I
 
 def _consistent(store: DocumentStore) -> set[int]:
     """The full-text rows are exactly the live chunks."""
-    live = store.live_vector_ids()
-    assert store.text_row_ids() == live
+    live = live_vector_ids(store)
+    assert text_row_ids(store) == live
     return live
 
 

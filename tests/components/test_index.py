@@ -15,7 +15,7 @@ from rag_service.errors import IndexUnavailable
 from rag_service.index.faiss_index import FaissIndex
 from rag_service.index.snapshot import MANIFEST_FILE, IndexSpec
 from rag_service.ingestion.corpus import read_jsonl
-from tests.conftest import scifact_dir
+from tests.support.paths import scifact_dir
 
 SAMPLE_SIZE = 1200
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import orjson
 import pytest
 
-from tests.conftest import LiveServer
+from tests.support.http import sse_payloads
+from tests.support.server import LiveServer
 
 QUESTION = "What happens when a break statement is executed inside a loop?"
 FAULT = "X-Rag-Fault-Delay"
@@ -26,22 +25,10 @@ LONG = {"max_tokens": 200, "stop": [], "top_k": 1}
 
 
 @pytest.fixture(scope="module")
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def budgets(client: httpx.Client) -> dict[str, float]:
     body = client.get("/readyz").json()
     assert set(body["budgets_ms"]) == {"embed", "retrieve", "first_token", "generate", "total"}
     return body["budgets_ms"]
-
-
-def _sse_payloads(response: httpx.Response) -> list[dict]:
-    frames = [f.removeprefix(b"data: ") for f in response.read().split(b"\n\n") if f]
-    assert frames[-1] == b"[DONE]"
-    return [orjson.loads(f) for f in frames[:-1]]
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:
@@ -179,7 +166,7 @@ def test_streamed_degraded_answers_end_with_the_same_information(client: httpx.C
     body = {"question": QUESTION, **LONG, "stream": True, "deadline_ms": 1500}
     with client.stream("POST", "/v1/ask", json=body, headers={FAULT: "first_token=10000"}) as r:
         assert r.status_code == 200
-        payloads = _sse_payloads(r)
+        payloads = sse_payloads(r.read())
     assert [p["type"] for p in payloads] == ["done"], "no token, so no delta: only the final event"
     done = payloads[0]
     assert done["degraded"] is True and done["degraded_reason"] == "first_token"
@@ -187,7 +174,7 @@ def test_streamed_degraded_answers_end_with_the_same_information(client: httpx.C
 
     body = {"question": QUESTION, **LONG, "max_tokens": 400, "stream": True, "deadline_ms": 12000}
     with client.stream("POST", "/v1/ask", json=body, headers={FAULT: "token=3000"}) as r:
-        payloads = _sse_payloads(r)
+        payloads = sse_payloads(r.read())
     deltas = [p for p in payloads if p["type"] == "delta"]
     done = payloads[-1]
     assert deltas and done["type"] == "done"

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from loadtests.budgets import judge_stages, parse_overrides, resolve_budgets, verdict
-from tests.conftest import REPO, LiveServer
+from tests.support.paths import REPO
+from tests.support.server import LiveServer
 
 GENEROUS = "embed=600000,retrieve=600000,first_token=600000,generate=600000,total=600000"
 

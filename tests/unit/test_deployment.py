@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 COMPOSE = shutil.which("docker-compose")
 needs_compose = pytest.mark.skipif(

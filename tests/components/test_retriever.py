@@ -13,6 +13,7 @@ from rag_service.index.live import LiveIndex
 from rag_service.index.snapshot import IndexSpec
 from rag_service.prompting.prompt import PromptBuilder
 from rag_service.retrieval.passages import PassageSearch
+from tests.support.inspection import context_text
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_budget_is_never_exceeded_and_report_is_right(
 ) -> None:
     hits = _hits(retriever, encoder, "How are exceptions raised and handled?", 20)
     ctx = retriever.pack(hits, budget)
-    text = prompts.context_text(ctx.hits)
+    text = context_text(prompts, ctx.hits)
     assert ctx.tokens == len(prompts.context_ids(ctx.hits))
     assert ctx.tokens <= budget
     # Counting the text from scratch agrees to within a token per join (BPE merges across pieces).
@@ -118,5 +119,5 @@ def test_assembled_prompt_is_the_chat_template_text(
     question = "What does the pass statement do? Ünïcödé ✓"
     hits = _hits(retriever, encoder, question, 3)
     ids = prompts.build(prompts.encode(question), hits)
-    assert prompts.decode(ids) == prompts.render(question, prompts.context_text(hits))
+    assert prompts.decode(ids) == prompts.render(question, context_text(prompts, hits))
     assert prompts.decode(prompts.build(prompts.encode(question), [])) == prompts.render(question, "")
