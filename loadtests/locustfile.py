@@ -162,6 +162,21 @@ def report_timings(environment: Environment, timings: dict[str, Any], stages: tu
             _report(environment, STAGE_TYPE, f"stage:{stage}", float(value))
 
 
+def _sse_events(resp: Any, started: float, first: bytes = b"") -> list[bytes] | None:
+    """The rest of a streamed response's events (after ``first``), timed as the whole request (Locust
+    timed only up to the headers); None, with the request failed, unless it ends with ``[DONE]``."""
+    rest = b"".join(
+        c if isinstance(c, bytes) else c.encode()
+        for c in resp.iter_content(chunk_size=1 << 16, decode_content=False)
+    )
+    resp.request_meta["response_time"] = (time.perf_counter() - started) * 1000
+    events_ = [frame.removeprefix(b"data: ") for frame in (first + rest).split(b"\n\n") if frame.strip()]
+    if not events_ or events_[-1] != b"[DONE]":
+        resp.failure("stream did not end with [DONE]")
+        return None
+    return events_
+
+
 class _RagUser(FastHttpUser):
     abstract = True
     network_timeout = 300.0  # a 16-user burst of answers on 2 cores can take minutes
@@ -229,14 +244,8 @@ class ChatUser(_RagUser):
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}")
                 return
-            raw = b"".join(
-                c if isinstance(c, bytes) else c.encode()
-                for c in resp.iter_content(chunk_size=1 << 16, decode_content=False)
-            )
-            resp.request_meta["response_time"] = (time.perf_counter() - started) * 1000
-            events_ = [frame.removeprefix(b"data: ") for frame in raw.split(b"\n\n") if frame.strip()]
-            if not events_ or events_[-1] != b"[DONE]":
-                resp.failure("stream did not end with [DONE]")
+            events_ = _sse_events(resp, started)
+            if events_ is None:
                 return
             chunks = [json.loads(e) for e in events_[:-1]]
             finish = [c for c in chunks if (c.get("choices") or [{}])[0].get("finish_reason")]
@@ -275,17 +284,8 @@ class ChatUser(_RagUser):
             # The body's first byte is the first event, sent when the first token is out.
             first = next(resp.iter_content(chunk_size=1, decode_content=False), b"")
             ttft_ms = (time.perf_counter() - started) * 1000
-            rest = b"".join(
-                c if isinstance(c, bytes) else c.encode()
-                for c in resp.iter_content(chunk_size=1 << 16, decode_content=False)
-            )
-            # Locust timed only up to the headers: count the whole stream as the request's time.
-            resp.request_meta["response_time"] = (time.perf_counter() - started) * 1000
-            events_ = [
-                frame.removeprefix(b"data: ") for frame in (first + rest).split(b"\n\n") if frame.strip()
-            ]
-            if not events_ or events_[-1] != b"[DONE]":
-                resp.failure("stream did not end with [DONE]")
+            events_ = _sse_events(resp, started, first)
+            if events_ is None:
                 return
             last = json.loads(events_[-2]) if len(events_) > 1 else {}
             if last.get("type") != "done":

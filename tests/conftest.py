@@ -13,6 +13,7 @@ import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -88,6 +89,18 @@ def default_index_dir(settings: Settings) -> Path:
     if index_state(folder) != "ready":
         pytest.fail(f"default index missing or outdated at {folder}: run `make test` (it builds it)")
     return folder
+
+
+@pytest.fixture(scope="session")
+def passages(settings: Settings, encoder: Any, prompts: Any, default_index_dir: Path) -> Iterator[Any]:
+    """The passage search over the default index (read only: tests that write copy the index)."""
+    from rag_service.index.live import LiveIndex
+    from rag_service.index.snapshot import IndexSpec
+    from rag_service.retrieval.passages import PassageSearch
+
+    live = LiveIndex.open(default_index_dir, IndexSpec(encoder.model_id, encoder.dimension), settings.index)
+    yield PassageSearch(live, prompts, settings.retriever)
+    live.close()
 
 
 @pytest.fixture(scope="session")

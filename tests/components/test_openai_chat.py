@@ -3,15 +3,10 @@ template, and (for the query rule) the real encoder and default index."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from rag_service.config import Settings
 from rag_service.embedding.encoder import Encoder
 from rag_service.errors import InvalidRequest
-from rag_service.index.live import LiveIndex
-from rag_service.index.snapshot import IndexSpec
 from rag_service.prompting.plans import Message, plan_conversation, retrieval_query
 from rag_service.prompting.prompt import NO_CONTEXT, PromptBuilder
 from rag_service.retrieval.passages import PassageSearch
@@ -45,14 +40,6 @@ def _long_conversation(turns: int) -> list[Message]:
     return [*messages, Message("user", "What does the pass statement do?")]
 
 
-@pytest.fixture(scope="module")
-def retriever(
-    settings: Settings, encoder: Encoder, prompts: PromptBuilder, default_index_dir: Path
-) -> PassageSearch:
-    spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
-    return PassageSearch(LiveIndex.open(default_index_dir, spec, settings.index), prompts)
-
-
 def test_prompt_is_the_conversation_in_the_chat_template(prompts: PromptBuilder) -> None:
     plan = _plan(prompts, [Message("system", "Be terse."), *ASSERT_FOLLOW_UP])
     expected = prompts.render_chat(
@@ -70,11 +57,11 @@ def test_prompt_is_the_conversation_in_the_chat_template(prompts: PromptBuilder)
 
 
 def test_passages_go_into_the_last_turn_within_the_budget(
-    prompts: PromptBuilder, retriever: PassageSearch, encoder: Encoder
+    prompts: PromptBuilder, passages: PassageSearch, encoder: Encoder
 ) -> None:
     plan = _plan(prompts, ASSERT_FOLLOW_UP)
-    hits = retriever.search(encoder.encode_queries([plan.query])[0], 8)
-    context = retriever.pack(hits, plan.context_budget)
+    hits = passages.search(encoder.encode_queries([plan.query])[0], 8)
+    context = passages.pack(hits, plan.context_budget)
     ids = plan.build_prompt(context.hits)
     text = prompts.decode(ids)
     assert text.index("[1] ") > text.index("It tests a condition.")  # passages sit in the last turn
@@ -152,10 +139,10 @@ def test_query_is_the_latest_user_message_then_the_one_before() -> None:
     assert retrieval_query([Message("user", "only")], 100) == "only"
 
 
-def test_follow_up_retrieves_the_earlier_turns_topic(retriever: PassageSearch, encoder: Encoder) -> None:
+def test_follow_up_retrieves_the_earlier_turns_topic(passages: PassageSearch, encoder: Encoder) -> None:
     def top(messages: list[Message]) -> str:
         query = retrieval_query(messages, 4000)
-        return retriever.search(encoder.encode_queries([query])[0], 1)[0].passage.doc_id
+        return passages.search(encoder.encode_queries([query])[0], 1)[0].passage.doc_id
 
     assert top(ASSERT_FOLLOW_UP) == "pyref:assert"
     assert top(ASSERT_FOLLOW_UP[-1:]) != "pyref:assert"  # the follow-up alone does not name its topic

@@ -69,14 +69,6 @@ def _count(pipeline: Pipeline, counter: str, label: str) -> float:
     return float(pipeline.metrics.registry.get_sample_value(counter + "_total", {"reason": label}) or 0)
 
 
-@pytest.fixture(scope="module")
-def passages(default_index_dir: Path, settings: Settings, encoder: Encoder, prompts: PromptBuilder):
-    spec = IndexSpec(encoder.model_id, encoder.dimension)
-    live = LiveIndex.open(default_index_dir, spec, settings.index)
-    yield PassageSearch(live, prompts, settings.retriever)
-    live.close()
-
-
 def test_on_time_hybrid_search_fuses_both_lists(settings: Settings, encoder: Encoder, passages) -> None:
     result, _ = _search(_settings(settings), encoder, passages, FaultDelays())
     assert isinstance(result, SearchResult)

@@ -53,12 +53,12 @@ class RagOptions(_Body):
     mode: RetrievalMode | None = Field(None, description=MODE_DESCRIPTION)
 
 
-class ChatCompletionRequest(_Body):
+class CompletionBase(_Body):
+    """What chat and text completions share: the model, sampling, streaming, and the refusals of both."""
+
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
     # Honoured.
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
@@ -67,12 +67,38 @@ class ChatCompletionRequest(_Body):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    rag: RagOptions | None = None
     # Honoured where the value asks for what we do anyway, refused otherwise (see refused_parameter).
     n: int | None = Field(None, ge=1)
+    logit_bias: dict[str, float] | None = None
+    # Bookkeeping that cannot change the answer: accepted and not used.
+    user: str | None = None
+
+    def _shared_refusals(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("n", (self.n or 1) > 1, "n > 1 is not supported: ask once per completion"),
+            (
+                "logit_bias",
+                bool(self.logit_bias),
+                "logit_bias is not supported: its token ids are another tokenizer's",
+            ),
+            (
+                "stream_options",
+                self.stream_options is not None and not self.stream,
+                "stream_options is only allowed when stream is true",
+            ),
+        ]
+
+    @staticmethod
+    def _first(checks: list[tuple[str, bool, str]]) -> tuple[str, str] | None:
+        return next(((param, message) for param, refused, message in checks if refused), None)
+
+
+class ChatCompletionRequest(CompletionBase):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    rag: RagOptions | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    logit_bias: dict[str, float] | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None
@@ -87,7 +113,6 @@ class ChatCompletionRequest(_Body):
     store: bool | None = None
     # Bookkeeping that cannot change the answer: accepted and not used.
     parallel_tool_calls: bool | None = None
-    user: str | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
@@ -97,14 +122,9 @@ class ChatCompletionRequest(_Body):
     def refused_parameter(self) -> tuple[str, str] | None:
         """``(param, message)`` for the first field asking for something this server cannot do."""
         checks: list[tuple[str, bool, str]] = [
-            ("n", (self.n or 1) > 1, "n > 1 is not supported: ask once per completion"),
+            *self._shared_refusals(),
             ("logprobs", bool(self.logprobs), "logprobs are not supported"),
             ("top_logprobs", bool(self.top_logprobs), "logprobs are not supported"),
-            (
-                "logit_bias",
-                bool(self.logit_bias),
-                "logit_bias is not supported: its token ids are another tokenizer's",
-            ),
             ("tools", bool(self.tools), "tools are not supported"),
             ("functions", bool(self.functions), "functions are not supported"),
             (
@@ -130,18 +150,13 @@ class ChatCompletionRequest(_Body):
             ("verbosity", self.verbosity is not None, "verbosity is not supported"),
             ("store", bool(self.store), "this server does not store completions"),
             (
-                "stream_options",
-                self.stream_options is not None and not self.stream,
-                "stream_options is only allowed when stream is true",
-            ),
-            (
                 "max_tokens",
                 None not in (self.max_tokens, self.max_completion_tokens)
                 and self.max_tokens != self.max_completion_tokens,
                 "max_tokens and max_completion_tokens disagree: send one of them",
             ),
         ]
-        return next(((param, message) for param, refused, message in checks if refused), None)
+        return self._first(checks)
 
 
 class EmbeddingRequest(_Body):
@@ -160,48 +175,24 @@ class CompletionRagOptions(RagOptions):
     )
 
 
-class CompletionRequest(_Body):
-    model: str
+class CompletionRequest(CompletionBase):
     # A string, or a list of one string; token-id prompts are refused (another tokenizer's ids).
     prompt: str | list[str] | list[int] | list[list[int]]
-    # Honoured.
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
     rag: CompletionRagOptions | None = None
     # Honoured where the value asks for what we do anyway, refused otherwise (see refused_parameter).
-    n: int | None = Field(None, ge=1)
     best_of: int | None = Field(None, ge=1)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool | None = None
     suffix: str | None = None
-    logit_bias: dict[str, float] | None = None
-    # Bookkeeping that cannot change the answer: accepted and not used.
-    user: str | None = None
 
     def refused_parameter(self) -> tuple[str, str] | None:
         """``(param, message)`` for the first field asking for something this server cannot do."""
-        checks: list[tuple[str, bool, str]] = [
-            ("n", (self.n or 1) > 1, "n > 1 is not supported: ask once per completion"),
-            ("best_of", (self.best_of or 1) > 1, "best_of > 1 is not supported"),
-            ("logprobs", bool(self.logprobs), "logprobs are not supported"),
-            ("echo", bool(self.echo), "echo is not supported"),
-            ("suffix", bool(self.suffix), "suffix (insertion) is not supported"),
-            (
-                "logit_bias",
-                bool(self.logit_bias),
-                "logit_bias is not supported: its token ids are another tokenizer's",
-            ),
-            (
-                "stream_options",
-                self.stream_options is not None and not self.stream,
-                "stream_options is only allowed when stream is true",
-            ),
-        ]
-        return next(((param, message) for param, refused, message in checks if refused), None)
+        return self._first(
+            [
+                *self._shared_refusals(),
+                ("best_of", (self.best_of or 1) > 1, "best_of > 1 is not supported"),
+                ("logprobs", bool(self.logprobs), "logprobs are not supported"),
+                ("echo", bool(self.echo), "echo is not supported"),
+                ("suffix", bool(self.suffix), "suffix (insertion) is not supported"),
+            ]
+        )

@@ -11,6 +11,9 @@ chunk that carries ``finish_reason``. Every route needs the API key when ``RAG_A
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -24,8 +27,18 @@ from rag_service.api.openai.serving_common import response_head
 from rag_service.api.openai.serving_embeddings import embed_all, embeddings_body, input_texts, token_counts
 from rag_service.api.params import request_deadline, request_pipeline, service_of
 from rag_service.api.responses import OrjsonResponse
-from rag_service.api.serving import admit, answer_once, run_admitted, sse_response, stream_answer
+from rag_service.api.serving import (
+    StreamFormat,
+    admit,
+    answer_once,
+    run_admitted,
+    sse_response,
+    stream_answer,
+)
+from rag_service.config import Settings
 from rag_service.errors import ModelNotFound
+from rag_service.pipeline.budgets import Deadline
+from rag_service.pipeline.pipeline import Answer, AnswerRequest, Pipeline
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
@@ -61,44 +74,65 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> OrjsonResponse
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    service = service_of(request)
-    settings = service.settings
-    model = check_model(body.model, chat_model(settings), settings.generator.model)
-    deadline = request_deadline(request, None, service)  # fixed at arrival, before any work
-    pipeline = request_pipeline(request, service)
-    req, plan = await asyncio.to_thread(serving_chat.chat_request, body, pipeline, settings, deadline)
-    ticket = await admit(service, "chat", deadline)  # before generation; 429 when refused
-    head = response_head(serving_chat.ID_PREFIX, req, model)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        fmt = serving_chat.chat_stream(head, plan, include_usage)
-        return sse_response(
-            ticket, stream_answer(service.metrics, "chat", pipeline, req, ticket, fmt), req.request_id
+    def prepare(pipeline: Pipeline, settings: Settings, deadline: Deadline) -> Prepared:
+        req, plan = serving_chat.chat_request(body, pipeline, settings, deadline)
+        return Prepared(
+            req,
+            serving_chat.ID_PREFIX,
+            lambda head, include_usage: serving_chat.chat_stream(head, plan, include_usage),
+            lambda head, answer: serving_chat.chat_completion(head, answer, plan),
         )
-    answer = await answer_once(service, "chat", request, pipeline, req, ticket)
-    return OrjsonResponse(
-        serving_chat.chat_completion(head, answer, plan),
-        headers={"Server-Timing": server_timing(answer.timings_ms), "X-Request-Id": req.request_id},
-    )
+
+    return await _complete(request, "chat", body, prepare)
 
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Response:
+    def prepare(pipeline: Pipeline, settings: Settings, deadline: Deadline) -> Prepared:
+        return Prepared(
+            serving_completions.completion_request(body, pipeline, settings, deadline),
+            serving_completions.ID_PREFIX,
+            serving_completions.completion_stream,
+            serving_completions.text_completion,
+        )
+
+    return await _complete(request, "completions", body, prepare)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A completion request planned, and how its answer looks (streamed or not)."""
+
+    req: AnswerRequest
+    id_prefix: str
+    stream_format: Callable[[dict[str, Any], bool], StreamFormat]
+    body: Callable[[dict[str, Any], Answer], dict[str, Any]]
+
+
+async def _complete(
+    request: Request,
+    route: str,
+    body: ChatCompletionRequest | CompletionRequest,
+    prepare: Callable[[Pipeline, Settings, Deadline], Prepared],
+) -> Response:
+    """Chat and text completions alike: model check, deadline at arrival, planning off the event loop
+    (tokenizing), admission before generation, then the answer streamed or whole."""
     service = service_of(request)
     settings = service.settings
     model = check_model(body.model, chat_model(settings), settings.generator.model)
     deadline = request_deadline(request, None, service)  # fixed at arrival, before any work
     pipeline = request_pipeline(request, service)
-    req = await asyncio.to_thread(serving_completions.completion_request, body, pipeline, settings, deadline)
-    ticket = await admit(service, "completions", deadline)
-    head = response_head(serving_completions.ID_PREFIX, req, model)
+    prepared = await asyncio.to_thread(prepare, pipeline, settings, deadline)
+    req = prepared.req
+    ticket = await admit(service, route, deadline)  # before generation; 429 when refused
+    head = response_head(prepared.id_prefix, req, model)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        fmt = serving_completions.completion_stream(head, include_usage)
-        frames = stream_answer(service.metrics, "completions", pipeline, req, ticket, fmt)
+        fmt = prepared.stream_format(head, include_usage)
+        frames = stream_answer(service.metrics, route, pipeline, req, ticket, fmt)
         return sse_response(ticket, frames, req.request_id)
-    answer = await answer_once(service, "completions", request, pipeline, req, ticket)
+    answer = await answer_once(service, route, request, pipeline, req, ticket)
     return OrjsonResponse(
-        serving_completions.text_completion(head, answer),
+        prepared.body(head, answer),
         headers={"Server-Timing": server_timing(answer.timings_ms), "X-Request-Id": req.request_id},
     )

@@ -7,8 +7,15 @@ from typing import Any
 
 from rag_service.api.bodies import rag_fields
 from rag_service.api.openai.protocol import ChatCompletionRequest, ChatMessage
-from rag_service.api.openai.serving_common import CompletionStream, finish_reason, sampling_of, usage
-from rag_service.api.params import check_limit, stop_strings
+from rag_service.api.openai.serving_common import (
+    CompletionStream,
+    answer_request,
+    checked_top_k_and_stop,
+    finish_reason,
+    refuse_unsupported,
+    usage,
+)
+from rag_service.api.params import check_limit
 from rag_service.config import Settings
 from rag_service.errors import InvalidRequest
 from rag_service.pipeline.budgets import Deadline
@@ -63,10 +70,7 @@ def chat_request(
     body: ChatCompletionRequest, pipeline: Pipeline, settings: Settings, deadline: Deadline
 ) -> tuple[AnswerRequest, ConversationPlan]:
     """Validates the body against the live settings and fits the conversation (CPU work: tokenizing)."""
-    refused = body.refused_parameter()
-    if refused is not None:
-        param, message = refused
-        raise InvalidRequest(message, code="unsupported_parameter", param=param)
+    refuse_unsupported(body)
     rag = body.rag
     gen = settings.generator
     max_tokens = check_limit(
@@ -74,10 +78,7 @@ def chat_request(
         body.max_completion_tokens or body.max_tokens or gen.max_tokens,
         gen.max_tokens_limit,
     )
-    top_k = check_limit(
-        "rag.top_k", (rag.top_k if rag else None) or settings.retriever.top_k, settings.retriever.max_top_k
-    )
-    stop = stop_strings(body.stop, gen.stop)
+    top_k, stop = checked_top_k_and_stop(body, rag, settings)
     plan = plan_conversation(
         pipeline.prompts,
         conversation(body.messages),
@@ -88,16 +89,8 @@ def chat_request(
         context_tokens=settings.retriever.context_tokens,
         max_query_chars=settings.server.max_question_chars,
     )
-    req = AnswerRequest(
-        plan,
-        top_k=top_k,
-        max_tokens=max_tokens,
-        temperature=gen.temperature if body.temperature is None else body.temperature,
-        stop=stop,
-        deadline=deadline,
-        budgets=settings.budget,
-        mode=(rag.mode if rag else None) or settings.retriever.mode,
-        sampling=sampling_of(body.top_p, body.seed, body.presence_penalty, body.frequency_penalty),
+    req = answer_request(
+        body, plan, rag, top_k=top_k, stop=stop, max_tokens=max_tokens, settings=settings, deadline=deadline
     )
     return req, plan
 

@@ -9,19 +9,65 @@ from collections.abc import Callable
 from typing import Any
 
 from rag_service.api.bodies import rag_fields
+from rag_service.api.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionBase,
+    CompletionRequest,
+    RagOptions,
+)
+from rag_service.api.params import check_limit, stop_strings
 from rag_service.api.serving import event
+from rag_service.config import Settings
 from rag_service.domain import Sampling
+from rag_service.errors import InvalidRequest
+from rag_service.pipeline.budgets import Deadline
 from rag_service.pipeline.pipeline import BUDGET_FINISH_REASON, Answer, AnswerRequest
+from rag_service.prompting.plans import PromptPlan
 
 
-def sampling_of(
-    top_p: float | None, seed: int | None, presence_penalty: float | None, frequency_penalty: float | None
-) -> Sampling:
-    return Sampling(
-        top_p=1.0 if top_p is None else top_p,
-        seed=seed,
-        presence_penalty=presence_penalty or 0.0,
-        frequency_penalty=frequency_penalty or 0.0,
+def refuse_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None:
+    refused = body.refused_parameter()
+    if refused is not None:
+        param, message = refused
+        raise InvalidRequest(message, code="unsupported_parameter", param=param)
+
+
+def checked_top_k_and_stop(
+    body: CompletionBase, rag: RagOptions | None, settings: Settings
+) -> tuple[int, list[str]]:
+    """The passages to retrieve (``rag.top_k``) and the stop strings, checked against the settings."""
+    top_k = (rag.top_k if rag else None) or settings.retriever.top_k
+    check_limit("rag.top_k", top_k, settings.retriever.max_top_k)
+    return top_k, stop_strings(body.stop, settings.generator.stop)
+
+
+def answer_request(
+    body: CompletionBase,
+    plan: PromptPlan,
+    rag: RagOptions | None,
+    *,
+    top_k: int,
+    stop: list[str],
+    max_tokens: int,
+    settings: Settings,
+    deadline: Deadline,
+) -> AnswerRequest:
+    """A planned completion's pipeline request: the body's sampling, the server's defaults otherwise."""
+    return AnswerRequest(
+        plan,
+        top_k=top_k,
+        max_tokens=max_tokens,
+        temperature=settings.generator.temperature if body.temperature is None else body.temperature,
+        stop=stop,
+        deadline=deadline,
+        budgets=settings.budget,
+        mode=(rag.mode if rag else None) or settings.retriever.mode,
+        sampling=Sampling(
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=body.seed,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+        ),
     )
 
 

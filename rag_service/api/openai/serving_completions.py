@@ -13,8 +13,15 @@ from typing import Any
 
 from rag_service.api.bodies import rag_fields
 from rag_service.api.openai.protocol import CompletionRequest
-from rag_service.api.openai.serving_common import CompletionStream, finish_reason, sampling_of, usage
-from rag_service.api.params import check_limit, check_text, stop_strings
+from rag_service.api.openai.serving_common import (
+    CompletionStream,
+    answer_request,
+    checked_top_k_and_stop,
+    finish_reason,
+    refuse_unsupported,
+    usage,
+)
+from rag_service.api.params import check_limit, check_text
 from rag_service.config import Settings
 from rag_service.errors import InvalidRequest
 from rag_service.pipeline.budgets import Deadline
@@ -47,17 +54,12 @@ def completion_request(
     body: CompletionRequest, pipeline: Pipeline, settings: Settings, deadline: Deadline
 ) -> AnswerRequest:
     """Validates the body against the live settings and plans the prompt (CPU work: tokenizing)."""
-    refused = body.refused_parameter()
-    if refused is not None:
-        param, message = refused
-        raise InvalidRequest(message, code="unsupported_parameter", param=param)
+    refuse_unsupported(body)
     rag = body.rag
     gen = settings.generator
     text = _prompt(body.prompt)
     max_tokens = check_limit("max_tokens", body.max_tokens or gen.max_tokens, gen.max_tokens_limit)
-    top_k = check_limit(
-        "rag.top_k", (rag.top_k if rag else None) or settings.retriever.top_k, settings.retriever.max_top_k
-    )
+    top_k, stop = checked_top_k_and_stop(body, rag, settings)
     plan: PromptPlan
     if rag is not None and rag.retrieval:
         check_text("prompt", text, settings.server.max_question_chars)
@@ -70,16 +72,8 @@ def completion_request(
         )
     else:
         plan = plan_text(pipeline.prompts, text, max_model_len=gen.max_model_len, max_tokens=max_tokens)
-    return AnswerRequest(
-        plan,
-        top_k=top_k,
-        max_tokens=max_tokens,
-        temperature=gen.temperature if body.temperature is None else body.temperature,
-        stop=stop_strings(body.stop, gen.stop),
-        deadline=deadline,
-        budgets=settings.budget,
-        mode=(rag.mode if rag else None) or settings.retriever.mode,
-        sampling=sampling_of(body.top_p, body.seed, body.presence_penalty, body.frequency_penalty),
+    return answer_request(
+        body, plan, rag, top_k=top_k, stop=stop, max_tokens=max_tokens, settings=settings, deadline=deadline
     )
 
 
