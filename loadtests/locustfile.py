@@ -216,19 +216,7 @@ class ChatUser(_RagUser):
 
     @task(1)
     def chat(self) -> None:
-        with self.client.post(
-            "/v1/chat/completions",
-            json=self.chat_body(stream=False),
-            headers=self.headers,
-            name="/v1/chat/completions",
-            catch_response=True,
-        ) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
-                return
-            completion = resp.json()
-            count_degraded(completion)
-            report_timings(self.environment, completion.get("timings_ms", {}), STAGES)
+        self.answer("/v1/chat/completions", self.chat_body(stream=False))
 
     @task(3)
     def chat_stream(self) -> None:
@@ -258,9 +246,11 @@ class ChatUser(_RagUser):
 
     @task(1)
     def ask(self) -> None:
-        with self.client.post(
-            "/v1/ask", json=self.ask_body(stream=False), name="/v1/ask", catch_response=True
-        ) as resp:
+        self.answer("/v1/ask", self.ask_body(stream=False))
+
+    def answer(self, path: str, body: dict[str, Any]) -> None:
+        """A non-streamed answer: its degraded flag and stage timings are counted (both APIs carry them)."""
+        with self.client.post(path, json=body, headers=self.headers, name=path, catch_response=True) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
                 return
