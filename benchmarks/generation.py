@@ -120,7 +120,7 @@ def unthrottled(concurrency: int) -> dict[str, str]:
 
 def build_prompts(questions: list[str], settings: Settings, max_tokens: int, top_k: int) -> list[Prompt]:
     """The token ids ``/v1/ask`` would give the engine for each question: the same retriever in the
-    same mode (dense, lexical or hybrid, as ``pipeline.py`` combines them), packing and prompt."""
+    same mode (dense, lexical or hybrid, as the pipeline combines them), packing and prompt."""
     from rag_service.embedding.encoder import Encoder
     from rag_service.index.live import LiveIndex
     from rag_service.index.snapshot import IndexSpec

@@ -4,7 +4,7 @@ Two retrievers over the same live passages: ``dense`` (the query vector in the H
 ``lexical`` (the query text in the store's FTS5 index, BM25). ``fuse`` merges their lists with
 reciprocal-rank fusion (``fusion.py``). Both only return passages the live index holds, so they agree
 on what exists even while a batch committed by another process is not applied here yet. The pipeline
-runs the two concurrently under the retrieve budget (``pipeline.py``).
+runs the two concurrently under the retrieve budget (``rag_service/pipeline/pipeline.py``).
 
 Packing is best-first; a passage that does not fit is skipped whole (never cut mid-way) and later,
 shorter ones may still fit. The budget is in the generator's tokens; the prompt is assembled from the
@@ -45,7 +45,8 @@ class PassageSearch:
 
     def search_text(self, text: str, top_k: int, *, until: float | None = None) -> list[Hit]:
         """The top_k live passages by BM25 over the query's words (any text is a valid query: see
-        ``lexical.py``); ``until`` (``time.monotonic()``) interrupts the query in SQLite when passed."""
+        ``storage/lexical.py``); ``until`` (``time.monotonic()``) interrupts the query in SQLite once
+        passed (``SearchInterrupted``)."""
         hits: list[Hit] = []
         for vector_id, score in self.index.store.text_search(text, top_k, until=until):
             passage = self.index.passage(vector_id)

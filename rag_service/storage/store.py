@@ -10,7 +10,7 @@ Tables:
   keeps only those ids: its text and embedding are dropped, so replacing documents reuses the space.
 
 Every write batch is ONE transaction that takes the next sequence number: a batch is wholly there or
-not at all, and the FAISS index (derived, see ``index.py``) replays exactly the rows newer than its
+not at all, and the FAISS index (derived, see ``rag_service/index/``) replays exactly the rows newer than its
 snapshot. ``synchronous=FULL`` makes a commit durable before it returns, so an acknowledged write
 survives ``kill -9`` (and a power cut).
 

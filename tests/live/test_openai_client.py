@@ -319,7 +319,7 @@ def test_bad_embedding_input_raises_bad_request(client: OpenAI, inputs: Any, par
 
 # --- budgets and degradation (same pipeline as /v1/ask) --------------------------------------------
 # The test server runs with RAG_FAULTS__ENABLED: the header adds a delay around the REAL generator's
-# tokens, so the budget is broken on purpose whatever the machine's speed (see tests/test_budgets.py).
+# tokens, so the budget is broken on purpose whatever the machine's speed (see tests/live/test_budgets.py).
 
 
 def test_chat_without_a_first_token_in_time_is_a_degraded_sources_only_answer(client: OpenAI) -> None:

@@ -44,7 +44,7 @@ class LiveServer:
 
 
 # Budgets loose enough that functional tests do not time out or degrade when other work loads the
-# machine; tests/test_budgets.py breaks budgets on purpose (added delays, tight deadlines).
+# machine; tests/live/test_budgets.py breaks budgets on purpose (added delays, tight deadlines).
 LOOSE_BUDGETS = {
     "RAG_BUDGET__EMBED_MS": "2000",
     "RAG_BUDGET__RETRIEVE_MS": "1000",
