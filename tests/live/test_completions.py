@@ -15,6 +15,7 @@ from tests.support.server import LiveServer
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = "What happens when a break statement is executed inside a loop?"
+PROMPT = "The Python statement that exits the innermost loop is called"
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def oai(live_server: LiveServer) -> Iterator[OpenAI]:
 
 
 def test_a_text_completion_continues_the_prompt_as_sent(oai: OpenAI, client: httpx.Client) -> None:
-    prompt = "The Python statement that exits the innermost loop is called"
+    prompt = PROMPT
     completion = oai.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
     choice = completion.choices[0]
     assert completion.object == "text_completion" and completion.id.startswith("cmpl-")
@@ -56,7 +57,7 @@ def test_a_streamed_completion_with_usage(oai: OpenAI) -> None:
     chunks = list(
         oai.completions.create(
             model=MODEL,
-            prompt="A for loop in Python",
+            prompt=PROMPT,
             max_tokens=16,
             stream=True,
             stream_options={"include_usage": True},
@@ -64,9 +65,10 @@ def test_a_streamed_completion_with_usage(oai: OpenAI) -> None:
     )
     texts = [c.choices[0].text for c in chunks if c.choices]
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert "".join(texts).strip() and finish in (["stop"], ["length"])
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None and last.usage.completion_tokens > 0
+    # No stop string by default on a raw prompt: every generated token reaches the text.
+    assert "".join(texts) and finish in (["stop"], ["length"])
     assert all(c.object == "text_completion" and c.id == chunks[0].id for c in chunks)
 
 

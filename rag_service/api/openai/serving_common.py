@@ -33,12 +33,14 @@ def refuse_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None:
 
 
 def checked_top_k_and_stop(
-    body: CompletionBase, rag: RagOptions | None, settings: Settings
+    body: CompletionBase, rag: RagOptions | None, settings: Settings, default_stop: list[str] | None = None
 ) -> tuple[int, list[str]]:
-    """The passages to retrieve (``rag.top_k``) and the stop strings, checked against the settings."""
+    """The passages to retrieve (``rag.top_k``) and the stop strings (``default_stop``, else the
+    server's, when the body has none), checked against the settings."""
     top_k = (rag.top_k if rag else None) or settings.retriever.top_k
     check_limit("rag.top_k", top_k, settings.retriever.max_top_k)
-    return top_k, stop_strings(body.stop, settings.generator.stop)
+    default = settings.generator.stop if default_stop is None else default_stop
+    return top_k, stop_strings(body.stop, default)
 
 
 def answer_request(

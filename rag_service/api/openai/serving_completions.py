@@ -59,9 +59,12 @@ def completion_request(
     gen = settings.generator
     text = _prompt(body.prompt)
     max_tokens = check_limit("max_tokens", body.max_tokens or gen.max_tokens, gen.max_tokens_limit)
-    top_k, stop = checked_top_k_and_stop(body, rag, settings)
+    retrieval = rag is not None and rag.retrieval
+    # A raw prompt has no stop string unless asked (OpenAI's default): the server's default (a blank
+    # line) is the RAG answer's end, and would cut a text continued as sent after its first paragraph.
+    top_k, stop = checked_top_k_and_stop(body, rag, settings, None if retrieval else [])
     plan: PromptPlan
-    if rag is not None and rag.retrieval:
+    if retrieval:
         check_text("prompt", text, settings.server.max_question_chars)
         plan = plan_question(
             pipeline.prompts,
