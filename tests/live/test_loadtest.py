@@ -79,6 +79,10 @@ def test_locust_smoke_reports_stage_timings_and_passes(live_server: LiveServer, 
     assert int(stats["stage:embed"]["Request Count"]) > 0
     assert int(stats["stage:retrieve"]["Request Count"]) > 0
     assert int(stats["/v1/search"]["Failure Count"]) == 0
+    # ChatUser asks both APIs: it reads the model name from /v1/models, then /v1/ask and chat completions.
+    assert int(stats["/v1/models"]["Request Count"]) > 0
+    answered = [name for name in stats if name.startswith(("/v1/ask", "/v1/chat/completions"))]
+    assert answered and all(int(stats[name]["Failure Count"]) == 0 for name in answered), answered
     record = json.loads((tmp_path / "verdict.json").read_text())
     assert record["passed"] and record["failures"] == 0
     assert {row["stage"] for row in record["stages"]} >= {"embed", "retrieve", "total"}
