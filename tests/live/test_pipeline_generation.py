@@ -6,6 +6,8 @@ purpose. Marked ``vllm`` automatically (it starts ``VllmGenerator``)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 from collections.abc import Iterator
 from contextlib import aclosing
 
@@ -37,6 +39,9 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 def pipeline(
     settings: Settings, encoder: Encoder, passages: PassageSearch, loop: asyncio.AbstractEventLoop
 ) -> Iterator[Pipeline]:
+    # Starting vLLM here changes this process's environment (its thread binding, LD_PRELOAD for its
+    # workers); servers that later tests start inherit the environment, so it is put back after.
+    environment = dict(os.environ)
     service = Service(settings)
     service.resolve_hardware()  # the dtype this machine runs (what the server would use)
     generator = VllmGenerator.start(service.generator_settings)
@@ -47,6 +52,9 @@ def pipeline(
         loop.run_until_complete(pipeline.close())
         generator.shutdown()
         loop.run_until_complete(asyncio.sleep(0))
+        gc.collect()  # frees the engine now (its core process ends), not at interpreter exit
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 def _ask(
