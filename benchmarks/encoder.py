@@ -48,15 +48,22 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=200, help="single queries timed")
     parser.add_argument("--docs", type=int, default=1000, help="documents encoded in bulk")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="service encoder dtype (auto: bf16 where native)",
+    )
     args = parser.parse_args()
 
     import torch
     from sentence_transformers import SentenceTransformer
 
     from rag_service.embedding.encoder import Encoder, resolve_encoder_path
+    from rag_service.runtime.hardware import cpu_features
 
-    settings = EncoderSettings(num_threads=args.threads)
+    settings = EncoderSettings(num_threads=args.threads, dtype=args.dtype)
     service = Encoder(settings)
+    cpu = cpu_features()
     torch.set_num_threads(args.threads)
     plain = SentenceTransformer(resolve_encoder_path(settings.model), device="cpu")
     queries, docs, source = texts(args.queries, args.docs)
@@ -68,7 +75,7 @@ def main() -> int:
         service.encode_queries([q])
         plain_encode([q], 1)
     single: dict[str, list[float]] = {"service": [], "plain": []}
-    worst_diff = 0.0
+    worst_diff, worst_cos = 0.0, 1.0
     for q in queries:
         t0 = time.perf_counter()
         a = service.encode_queries([q])
@@ -78,6 +85,7 @@ def main() -> int:
         single["service"].append((t1 - t0) * 1000)
         single["plain"].append((t2 - t1) * 1000)
         worst_diff = max(worst_diff, float(np.abs(a - b).max()))
+        worst_cos = min(worst_cos, float((a * b).sum()))
     bulk: dict[str, float] = {}
     started = time.perf_counter()
     service.encode_passages(docs)
@@ -95,8 +103,10 @@ def main() -> int:
         for name in ("service", "plain")
     }
     print(
-        f"\nall-MiniLM-L6-v2, {args.threads} torch threads, {len(queries)} single queries, {len(docs)} docs "
-        f"({source}); largest vector difference {worst_diff:.2e}"
+        f"\n{cpu.model} ({cpu.isa}, {cpu.cores} cores); all-MiniLM-L6-v2, {args.threads} torch threads, "
+        f"{len(queries)} single queries, {len(docs)} docs ({source}); service encoder in {service.dtype} "
+        f"({service.dtype_choice.reason}), plain in float32; largest vector difference {worst_diff:.2e}, "
+        f"lowest cosine {worst_cos:.5f}"
     )
     print(f"{'encoder':<28} {'query ms p50':>12} {'p95':>8} {'docs/s':>8}")
     for name, label in (("service", "service (rag_service.Encoder)"), ("plain", "sentence-transformers")):
@@ -112,7 +122,10 @@ def main() -> int:
         "queries": len(queries),
         "docs": len(docs),
         "texts": source,
+        "machine": cpu.describe(),
+        "service_dtype": service.dtype,
         "max_abs_vector_diff": worst_diff,
+        "min_cosine": worst_cos,
         "rows": rows,
         "ratio_query_ms_p50": ratio_q,
         "ratio_docs_per_s": ratio_d,

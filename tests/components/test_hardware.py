@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rag_service.config import EncoderSettings
+from rag_service.config import EncoderSettings, GeneratorSettings
 from rag_service.embedding.encoder import Encoder
+from rag_service.runtime import preload
 from rag_service.runtime.hardware import (
     CpuFeatures,
     cpu_features,
@@ -170,3 +171,11 @@ def test_this_machine_serves_hnsw_unless_faiss_sees_a_gpu() -> None:
     from rag_service.config import IndexSettings
 
     assert index_backend(IndexSettings().backend, faiss_gpus()) == ("gpu-flat" if faiss_gpus() else "hnsw")
+
+
+def test_preload_is_skipped_when_off_or_a_library_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert preload.wanted(GeneratorSettings(preload_libraries=False)) is None
+    assert "off" in preload.preload_state(GeneratorSettings(preload_libraries=False))
+    monkeypatch.setattr(preload, "tcmalloc", lambda: None)
+    assert preload.wanted(GeneratorSettings()) is None
+    assert "apt-get install libtcmalloc-minimal4" in preload.preload_state(GeneratorSettings())

@@ -83,7 +83,10 @@ def test_retrieval_benchmark_smoke(live_server: LiveServer, tmp_path: Path) -> N
 def test_encoder_benchmark_smoke(tmp_path: Path) -> None:
     _bench("encoder", "--queries", "4", "--docs", "16", "--out", str(tmp_path))
     record = json.loads((tmp_path / "encoder.json").read_text())
-    assert record["max_abs_vector_diff"] < 1e-4  # the service's encoder is the same model
+    if record["service_dtype"] == "float32":
+        assert record["max_abs_vector_diff"] < 1e-4  # the service's encoder is the same model
+    else:  # bf16 where the CPU runs it natively (runtime/hardware.py): close, not identical
+        assert record["min_cosine"] > 0.999
     assert record["rows"]["service"]["docs_per_s"] > 0 and record["rows"]["plain"]["docs_per_s"] > 0
 
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from rag_service.config import Settings
+from rag_service.runtime import preload
 from rag_service.runtime.readiness import STAGES
 from tests.support.server import LOOSE_BUDGETS, start_server, wait_until_started
 
@@ -74,7 +75,11 @@ def test_five_cold_starts_in_a_row_all_reach_ready(
             assert answer["answer"] and not answer["degraded"], answer
         finally:
             _stop(proc)
-        assert "ImportError" not in log.read_text()
+        text = log.read_text()
+        assert "ImportError" not in text
+        if preload.wanted(settings.generator):  # both libraries are here: vLLM must find them loaded
+            assert "libtcmalloc is not found in LD_PRELOAD" not in text
+            assert "libiomp is not found in LD_PRELOAD" not in text
 
 
 def test_budgets_the_machine_cannot_meet_are_not_ready_unless_accepted(
