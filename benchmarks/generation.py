@@ -212,7 +212,9 @@ async def service_engine(url: str, max_tokens: int, top_k: int) -> Any:
     return one, client
 
 
-def start_vllm(settings: Settings) -> Any:
+def start_vllm(settings: Settings, **engine_args: Any) -> Any:
+    """The engine as the service starts it; ``engine_args`` adds or overrides ``AsyncEngineArgs`` fields
+    (e.g. ``max_num_batched_tokens``, which the service does not set)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -226,17 +228,22 @@ def start_vllm(settings: Settings) -> Any:
         max_model_len=g.max_model_len,
         enforce_eager=g.enforce_eager,
         gpu_memory_utilization=g.gpu_memory_utilization,
+        **engine_args,
     )
     return AsyncLLM.from_engine_args(args)
 
 
-def vllm_engine(engine: Any, max_tokens: int) -> Any:
+def vllm_engine(engine: Any, max_tokens: int, ignore_eos: bool = False) -> Any:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import RequestOutputKind
 
     params = SamplingParams(
-        max_tokens=max_tokens, temperature=0.0, stop=[], output_kind=RequestOutputKind.DELTA
+        max_tokens=max_tokens,
+        temperature=0.0,
+        stop=[],
+        ignore_eos=ignore_eos,
+        output_kind=RequestOutputKind.DELTA,
     )
 
     async def one(prompt: Prompt, run: Run, started: float) -> None:
@@ -266,7 +273,9 @@ def locate_gguf(explicit: Path | None) -> Path:
     return target
 
 
-def llama_engine(gguf: Path, settings: Settings, max_tokens: int, threads: int) -> Any:
+def llama_engine(
+    gguf: Path, settings: Settings, max_tokens: int, threads: int, ignore_eos: bool = False
+) -> Any:
     from llama_cpp import Llama
 
     llm = Llama(
@@ -278,7 +287,7 @@ def llama_engine(gguf: Path, settings: Settings, max_tokens: int, threads: int) 
     def generate(prompt: Prompt, run: Run, started: float) -> None:
         ids: list[int] = []
         for token in llm.generate(prompt.ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
-            if token in end_of_turn:
+            if token in end_of_turn and not ignore_eos:
                 break
             ids.append(token)
             mark(run, started, 1)

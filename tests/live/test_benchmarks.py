@@ -109,6 +109,26 @@ def test_generation_benchmark_smoke(live_server: LiveServer, tmp_path: Path) -> 
 
 
 @pytest.mark.vllm
+def test_generation_tuning_benchmark_smoke(tmp_path: Path) -> None:
+    # One raw vLLM variant in its own subprocess (~40 s of engine start), one short level.
+    args = ["--variants", "baseline", "--dtypes", "float32", "--levels", "1", "--requests", "1"]
+    args += ["--top-k", "1", "--max-tokens", "4", "--bandwidth-mib", "256"]
+    # No waiting for a quiet machine (a test session is never quiet) and no reruns: figures are not asserted.
+    args += ["--max-load", "99", "--load-patience", "0", "--retries", "0"]
+    _bench("generation_tuning", *args, "--out", str(tmp_path))
+    record = json.loads((tmp_path / "generation_tuning.json").read_text())
+    assert record["machine"]["cores"] >= 1 and set(record["machine"]["isa"]) >= {"avx2", "avx512f"}
+    floor = record["floor"]
+    assert floor["parameters"] > 0 and floor["ms"]["float32"] > floor["ms"]["bfloat16"] > 0
+    baseline = record["variants"]["baseline-fp32"]
+    assert baseline["returncode"] == 0 and baseline["start_s"] > 0 and baseline["max_num_batched_tokens"] > 0
+    (level,) = baseline["levels"]
+    assert level["concurrency"] == 1 and level["errors"] == 0 and level["completion_tokens"] == 4
+    for key in ("ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "tokens_per_s"):
+        assert level[key] is not None
+
+
+@pytest.mark.vllm
 def test_end_to_end_benchmark_smoke(live_server: LiveServer, tmp_path: Path) -> None:
     args = ["--url", live_server.url, "--concurrency", "2", "--duration", "2", "--max-tokens", "4"]
     _bench("end_to_end", *args, "--out", str(tmp_path))
