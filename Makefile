@@ -25,8 +25,13 @@ install: $(STAMP)
 # The benchmark suite's peers (bm25s, llama-cpp-python: compiled once, ~8 min on 2 cores, then cached by
 # pip). Only `make test` and `make bench` need them, so `make run` stays quick to set up.
 BENCH_STAMP := $(VENV)/.installed-bench
+# llama.cpp is compiled for this CPU (-march=native) but without its AMX path: built with AMX on an
+# AMX Xeon (2026-12-01) it crashed with a segmentation fault on every 200-token prompt. --no-cache-dir:
+# never reuse a wheel pip cached from an earlier build with other flags.
+LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install -e '.[bench]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir -e '.[bench]'
+	$(BIN)/python -c "import llama_cpp, sys; info = llama_cpp.llama_print_system_info().decode(); print(info); sys.exit('AMX' in info)"
 	$(BIN)/python -c "from transformers import LlamaConfig"
 	@touch $@
 
