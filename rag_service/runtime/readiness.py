@@ -143,10 +143,6 @@ class Round:
         return body
 
 
-def _question_ids(start: int, count: int) -> list[str]:
-    return [FRESH_QUESTIONS[(start + i) % len(FRESH_QUESTIONS)] for i in range(count)]
-
-
 class QuestionSource:
     """Hands out questions no earlier round of this process asked (cycling only after all were used,
     by which time each round has emptied the prefix cache anyway)."""
@@ -155,7 +151,7 @@ class QuestionSource:
         self._next = 0
 
     def take(self, count: int) -> list[str]:
-        questions = _question_ids(self._next, count)
+        questions = [FRESH_QUESTIONS[(self._next + i) % len(FRESH_QUESTIONS)] for i in range(count)]
         self._next += count
         return questions
 

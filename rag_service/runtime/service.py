@@ -78,6 +78,9 @@ class Service:
         self.encoder_dtype: DtypeChoice | None = None
         self.questions = readiness.QuestionSource()  # fresh questions for the budget check
         self.readiness: readiness.Round | None = None
+        self.machine: dict[str, Any] = {}  # resolved at start, shown by /readyz (resolve_hardware)
+        # Where each budget in force came from, read once: the settings were read from the same files.
+        self.budget_sources = budget_sources()
 
     def check(self) -> None:
         """Notices a generation engine that died after start: the service is then failed, not ready."""
@@ -148,8 +151,18 @@ class Service:
     def resolve_hardware(self) -> None:
         """The dtypes this machine runs fast, logged with the reason (hardware.py)."""
         cpu = cpu_features()
+        gpus = cuda_devices()
         gen = self.settings.generator
-        self.generator_dtype = generator_dtype(gen.dtype, gpus=cuda_devices(), gpu_bf16=cuda_bf16(), cpu=cpu)
+        self.generator_dtype = generator_dtype(gen.dtype, gpus=gpus, gpu_bf16=cuda_bf16(), cpu=cpu)
+        self.machine = {
+            "cpu": cpu.model,
+            "isa": cpu.isa,
+            "torch_capability": cpu.torch_capability,
+            "native_bf16": cpu.native_bf16,
+            "cores": cpu.cores,
+            "memory_gib": cpu.memory_gib,
+            "gpus": gpus,
+        }
         self.generator_settings = gen.model_copy(update={"dtype": self.generator_dtype.dtype})
         log.info(
             "machine: %s (%s, torch %s), %d cores, %.1f GiB; generator dtype %s: %s",
@@ -232,21 +245,12 @@ class Service:
         chosen and why, the budgets and where each came from, what the budget check measured."""
         body: dict[str, Any] = {}
         if self.generator_dtype is not None:
-            cpu = cpu_features()
-            body["machine"] = {
-                "cpu": cpu.model,
-                "isa": cpu.isa,
-                "torch_capability": cpu.torch_capability,
-                "native_bf16": cpu.native_bf16,
-                "cores": cpu.cores,
-                "memory_gib": cpu.memory_gib,
-                "gpus": cuda_devices(),
-            }
+            body["machine"] = self.machine
             body["dtypes"] = {"generator": self.generator_dtype.describe()}
             if self.encoder_dtype is not None:
                 body["dtypes"]["encoder"] = self.encoder_dtype.describe()
         body["budgets_ms"] = self.settings.budget.as_dict()
-        body["budget_sources"] = budget_sources()
+        body["budget_sources"] = self.budget_sources
         if self.readiness is not None:
             body["budget_check"] = self.readiness.describe()
         return body
