@@ -14,6 +14,7 @@ from rag_service.api.errors import install_error_handlers
 from rag_service.api.native import documents
 from rag_service.api.native.routes import router
 from rag_service.api.openai.routes import router as openai_router
+from rag_service.api.openapi import openapi_schema
 from rag_service.api.responses import OrjsonResponse
 from rag_service.config import Settings
 from rag_service.runtime.service import Service
@@ -40,6 +41,7 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
     )
+    app.openapi = lambda: openapi_schema(app, settings)  # type: ignore[method-assign]
     app.state.service = service
     install_error_handlers(app)
     app.include_router(router)

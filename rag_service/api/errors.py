@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from rag_service.api.responses import OrjsonResponse
 from rag_service.errors import NotReady, Overloaded, RagError, Unauthorized
@@ -73,10 +74,11 @@ def install_error_handlers(app: FastAPI) -> None:
             ("invalid_request_error", "invalid_request") if exc.status_code < 500 else ("internal_error",) * 2
         )
         type_, code = _HTTP_ERRORS.get(exc.status_code, default)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         return OrjsonResponse(
-            error_body(str(exc.detail), type_, code),
-            status_code=exc.status_code,
-            headers=exc.headers,
+            error_body(str(exc.detail), type_, code), status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(Exception)
@@ -85,6 +87,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return OrjsonResponse(
             error_body("internal server error", "internal_error", "internal_error"), status_code=500
         )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's 405 names only the first route that
+    matched the path (GET of /v1/documents/{id}, not its DELETE)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "__none__"})
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:

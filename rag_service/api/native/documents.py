@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from rag_service.api.auth import require_api_key
+from rag_service.api.json_types import JsonBody, not_blank, text_field
+from rag_service.api.openapi import BODY, READY, errors
 from rag_service.api.params import service_of
 from rag_service.api.responses import OrjsonResponse
 from rag_service.domain import Document
@@ -27,28 +29,17 @@ router = APIRouter()
 MAX_ID_CHARS = 512
 
 
-class DocumentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    id: str = Field(
-        min_length=1, max_length=MAX_ID_CHARS, description="Document id (chunk ids derive from it)."
-    )
+class DocumentIn(JsonBody):
+    id: str = text_field("Document id (chunk ids derive from it).", max_length=MAX_ID_CHARS)
     title: str = Field(
         "", max_length=1000, description="Optional title, prepended to each chunk when embedded."
     )
-    text: str = Field(description="The document's text; cut into token windows by the server.")
+    text: str = text_field("The document's text; cut into token windows by the server.")
 
-    @field_validator("id", "text")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must contain non-whitespace text")
-        return value
+    _check_id_and_text = field_validator("id", "text")(not_blank)
 
 
-class DocumentsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
+class DocumentsBody(JsonBody):
     documents: list[DocumentIn] = Field(min_length=1, description="Documents to insert or replace.")
 
 
@@ -64,7 +55,7 @@ def _worker(service: Service) -> IngestWorker:
     return service.ingest_worker
 
 
-@router.post("/v1/documents", dependencies=[Depends(require_api_key)])
+@router.post("/v1/documents", dependencies=[Depends(require_api_key)], responses=errors(BODY, READY, 401))
 async def upsert_documents(body: DocumentsBody, request: Request) -> OrjsonResponse:
     service, _ = _live(request)
     limit = service.settings.ingest.max_batch_docs
@@ -87,7 +78,7 @@ async def upsert_documents(body: DocumentsBody, request: Request) -> OrjsonRespo
     )
 
 
-@router.get("/v1/documents/{doc_id:path}")
+@router.get("/v1/documents/{doc_id:path}", responses=errors(READY, 404))
 async def get_document(doc_id: str, request: Request) -> OrjsonResponse:
     _, live = _live(request)
     stored = live.store.get(doc_id)
@@ -105,7 +96,9 @@ async def get_document(doc_id: str, request: Request) -> OrjsonResponse:
     )
 
 
-@router.delete("/v1/documents/{doc_id:path}", dependencies=[Depends(require_api_key)])
+@router.delete(
+    "/v1/documents/{doc_id:path}", dependencies=[Depends(require_api_key)], responses=errors(READY, 401, 404)
+)
 async def delete_document(doc_id: str, request: Request) -> OrjsonResponse:
     service, _ = _live(request)
     result = await _worker(service).delete(doc_id)
@@ -114,7 +107,7 @@ async def delete_document(doc_id: str, request: Request) -> OrjsonResponse:
     return OrjsonResponse({"deleted": doc_id, "seq": result.seq})
 
 
-@router.get("/v1/index/stats")
+@router.get("/v1/index/stats", responses=errors(READY))
 async def index_stats(request: Request) -> OrjsonResponse:
     _, live = _live(request)
     stats: dict[str, Any] = live.stats()

@@ -6,9 +6,15 @@ from settings (largest top_k, max_tokens) are checked in the routes against the 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated
 
+from pydantic import Field, StringConstraints, field_validator
+
+from rag_service.api.json_types import JsonBody, not_blank, text_field
+from rag_service.api.params import MAX_STOP_CHARS
 from rag_service.config import RetrievalMode
+
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 
 MODE_DESCRIPTION = (
     "Retrieval: dense (embeddings), lexical (BM25 full-text) or hybrid (both, fused); the server's "
@@ -16,23 +22,13 @@ MODE_DESCRIPTION = (
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must contain non-whitespace text")
-    return value.strip()
-
-
-class AskBody(_Strict):
-    question: str = Field(description="The question to answer from the indexed passages.")
+class AskBody(JsonBody):
+    question: str = text_field("The question to answer from the indexed passages.")
     top_k: int | None = Field(None, ge=1, description="Passages to retrieve (server default if absent).")
     mode: RetrievalMode | None = Field(None, description=MODE_DESCRIPTION)
     max_tokens: int | None = Field(None, ge=1, description="Most new tokens in the answer.")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature.")
-    stop: list[str] | None = Field(
+    stop: list[StopString] | None = Field(
         None,
         max_length=4,
         description="Strings that end the answer (at most 4); the server's default when absent, [] for none.",
@@ -44,14 +40,7 @@ class AskBody(_Strict):
         description="A tighter total deadline for this request, in ms (at most RAG_BUDGET__TOTAL_MS).",
     )
 
-    _check_question = field_validator("question")(_not_blank)
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_strings(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and any(not s or len(s) > 64 for s in value):
-            raise ValueError("stop strings must be 1 to 64 characters long")
-        return value
+    _check_question = field_validator("question")(not_blank)
 
     @field_validator("temperature", mode="before")
     @classmethod
@@ -60,8 +49,8 @@ class AskBody(_Strict):
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-class SearchBody(_Strict):
-    query: str = Field(description="Text to find passages for.")
+class SearchBody(JsonBody):
+    query: str = text_field("Text to find passages for.")
     top_k: int | None = Field(None, ge=1, description="Hits to return (server default if absent).")
     mode: RetrievalMode | None = Field(None, description=MODE_DESCRIPTION)
     deadline_ms: int | None = Field(
@@ -70,4 +59,4 @@ class SearchBody(_Strict):
         description="A tighter total deadline for this request, in ms (at most RAG_BUDGET__TOTAL_MS).",
     )
 
-    _check_query = field_validator("query")(_not_blank)
+    _check_query = field_validator("query")(not_blank)

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from rag_service.api.bodies import retrieval_field, server_timing, source
 from rag_service.api.native.protocol import AskBody, SearchBody
 from rag_service.api.native.serving import AskStream, answer_body, ask_request
+from rag_service.api.openapi import ADMITTED, BODY, errors, event_stream
 from rag_service.api.params import check_limit, check_text, request_deadline, request_pipeline, service_of
 from rag_service.api.responses import OrjsonResponse
 from rag_service.api.serving import admit, answer_once, run_admitted, sse_response, stream_answer
@@ -29,7 +30,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Not ready: the same body, with the reason."}})
 async def readyz(request: Request) -> OrjsonResponse:
     """200 once every stage is loaded, warmed up and answered fresh questions within its budget; 503
     with the reason before, on failure, or when the budgets cannot be met here (``over_budget``).
@@ -51,7 +52,7 @@ async def metrics(request: Request) -> Response:
     return Response(service_of(request).metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
-@router.post("/v1/search")
+@router.post("/v1/search", responses=errors(BODY, ADMITTED))
 async def search(body: SearchBody, request: Request) -> OrjsonResponse:
     service = service_of(request)
     deadline = request_deadline(request, body.deadline_ms, service)
@@ -61,7 +62,7 @@ async def search(body: SearchBody, request: Request) -> OrjsonResponse:
     check_text("query", body.query, settings.server.max_question_chars)
     ticket = await admit(service, "search", deadline)
     result = await run_admitted(
-        service, "search", request, ticket, pipeline.search(body.query, top_k, deadline, body.mode)
+        service, "search", request, ticket, pipeline.search(body.query.strip(), top_k, deadline, body.mode)
     )
     return OrjsonResponse(
         {
@@ -73,7 +74,11 @@ async def search(body: SearchBody, request: Request) -> OrjsonResponse:
     )
 
 
-@router.post("/v1/ask", response_model=None)
+@router.post(
+    "/v1/ask",
+    response_model=None,
+    responses={**event_stream("The answer, or its events with `stream`."), **errors(BODY, ADMITTED, 502)},
+)
 async def ask(body: AskBody, request: Request) -> Response:
     service = service_of(request)
     deadline = request_deadline(request, body.deadline_ms, service)

@@ -21,7 +21,7 @@ def ask_request(body: AskBody, pipeline: Pipeline, settings: Settings, deadline:
     max_tokens = check_limit("max_tokens", body.max_tokens or gen.max_tokens, gen.max_tokens_limit)
     check_text("question", body.question, settings.server.max_question_chars)
     return pipeline.new_request(
-        body.question,
+        body.question.strip(),  # the length limit is on the text as sent, as the schema says
         top_k=top_k,
         max_tokens=max_tokens,
         temperature=gen.temperature if body.temperature is None else body.temperature,

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from rag_service.api.json_types import JsonBody
 from rag_service.api.native.protocol import MODE_DESCRIPTION
 from rag_service.config import RetrievalMode
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class ChatMessage(_Body):
+class ChatMessage(JsonBody):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     # A string, or a list of content parts of which only {"type": "text", "text": ...} is supported.
     content: str | list[dict[str, Any]] | None = None
@@ -38,14 +35,14 @@ class ChatMessage(_Body):
     tool_call_id: str | None = None
 
 
-class StreamOptions(_Body):
+class StreamOptions(JsonBody):
     include_usage: bool | None = Field(None, description="Add a last chunk with `usage` and no choices.")
     include_obfuscation: bool | None = Field(
         None, description="Accepted, not used: chunks carry no obfuscation padding here."
     )
 
 
-class RagOptions(_Body):
+class RagOptions(JsonBody):
     """Our extension (the official clients send it with ``extra_body={"rag": {...}}``)."""
 
     retrieval: bool = Field(True, description="false: plain chat, no passages retrieved.")
@@ -53,7 +50,7 @@ class RagOptions(_Body):
     mode: RetrievalMode | None = Field(None, description=MODE_DESCRIPTION)
 
 
-class CompletionBase(_Body):
+class CompletionBase(JsonBody):
     """What chat and text completions share: the model, sampling, streaming, and the refusals of both."""
 
     model: str
@@ -159,7 +156,7 @@ class ChatCompletionRequest(CompletionBase):
         return self._first(checks)
 
 
-class EmbeddingRequest(_Body):
+class EmbeddingRequest(JsonBody):
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = "float"

@@ -25,6 +25,7 @@ from rag_service.api.openai.models import chat_model, check_model, embedding_mod
 from rag_service.api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from rag_service.api.openai.serving_common import response_head
 from rag_service.api.openai.serving_embeddings import embed_all, embeddings_body, input_texts, token_counts
+from rag_service.api.openapi import ADMITTED, BODY, errors, event_stream
 from rag_service.api.params import request_deadline, request_pipeline, service_of
 from rag_service.api.responses import OrjsonResponse
 from rag_service.api.serving import (
@@ -40,7 +41,7 @@ from rag_service.errors import ModelNotFound
 from rag_service.pipeline.budgets import Deadline
 from rag_service.pipeline.pipeline import Answer, AnswerRequest, Pipeline
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=errors(401))
 
 
 @router.get("/models")
@@ -50,7 +51,7 @@ async def list_models(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"object": "list", "data": models})
 
 
-@router.get("/models/{model_id:path}")
+@router.get("/models/{model_id:path}", responses=errors(404))
 async def retrieve_model(model_id: str, request: Request) -> OrjsonResponse:
     for served, configured in served_models(service_of(request).settings):
         if model_id in (served, configured):
@@ -58,7 +59,7 @@ async def retrieve_model(model_id: str, request: Request) -> OrjsonResponse:
     raise ModelNotFound(f"The model `{model_id}` does not exist", param="model")
 
 
-@router.post("/embeddings")
+@router.post("/embeddings", responses=errors(BODY, ADMITTED, 404))
 async def embeddings(body: EmbeddingRequest, request: Request) -> OrjsonResponse:
     service = service_of(request)
     model = check_model(body.model, embedding_model(service.settings), service.settings.encoder.model)
@@ -72,7 +73,14 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> OrjsonResponse
     return OrjsonResponse(embeddings_body(vectors, counts, model, body.encoding_format))
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses={
+        **event_stream("The completion, or its chunks with `stream`."),
+        **errors(BODY, ADMITTED, 404, 502),
+    },
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     def prepare(pipeline: Pipeline, settings: Settings, deadline: Deadline) -> Prepared:
         req, plan = serving_chat.chat_request(body, pipeline, settings, deadline)
@@ -86,7 +94,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     return await _complete(request, "chat", body, prepare)
 
 
-@router.post("/completions", response_model=None)
+@router.post(
+    "/completions",
+    response_model=None,
+    responses={
+        **event_stream("The completion, or its chunks with `stream`."),
+        **errors(BODY, ADMITTED, 404, 502),
+    },
+)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     def prepare(pipeline: Pipeline, settings: Settings, deadline: Deadline) -> Prepared:
         return Prepared(
