@@ -21,14 +21,15 @@ import pytest
 from pydantic import SecretStr
 
 from rag_service.api.app import build_app
-from tests.support.browser import chromium, console_messages, screenshot, set_request_header, wait_for
+from tests.support.browser import chromium, console_messages, screenshot, set_request_headers, wait_for
 from tests.support.paths import repo_settings
 from tests.support.server import LiveServer, serve_in_thread
 
 ABORTS = re.compile(r'^rag_generation_aborts_total\{reason="client_disconnect"\} (\S+)$', re.M)
-# Test-only time control (RAG_FAULTS__ENABLED on the live server): a delay before each generated token
-# reaches the pipeline, so an answer is still streaming when the test looks at it or stops it.
-SLOW_TOKENS = "X-Rag-Fault-Delay"
+# Test-only time control (RAG_FAULTS__ENABLED on the live server): delays added around the real stages,
+# e.g. before each generated token reaches the pipeline, so an answer is still streaming when the test
+# looks at it or stops it. Sent by the browser through DevTools, never by the page.
+FAULTS = "X-Rag-Fault-Delay"
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_ask_streams_the_answer_then_shows_sources_and_the_stage_times(
     budgets = httpx.get(f"{live_server.url}/readyz", timeout=10).json()["budgets_ms"]
     open_page(browser, live_server.url)
     assert by_id(browser, "readiness").text == "ready"
-    set_request_header(browser, SLOW_TOKENS, "token=40")
+    set_request_headers(browser, {FAULTS: "token=40"})
     try:
         turn = ask(browser, "What does the assert statement do?")
         # Streamed: text on the page while the answer is still being generated.
@@ -124,7 +125,7 @@ def test_ask_streams_the_answer_then_shows_sources_and_the_stage_times(
         )
         finished(browser, turn)
     finally:
-        set_request_header(browser, SLOW_TOKENS, None)
+        set_request_headers(browser, {})
     answer = turn.find_element("css selector", ".text").text
     assert answer.startswith(streaming) and len(answer) > len(streaming), (streaming, answer)
 
@@ -187,7 +188,7 @@ def test_stop_aborts_the_generation_on_the_server(live_server: LiveServer, brows
 
     open_page(browser, live_server.url)
     before = aborts(live_server.url)
-    set_request_header(browser, SLOW_TOKENS, "token=300")  # about 40 s for a full answer
+    set_request_headers(browser, {FAULTS: "token=300"})  # about 40 s for a full answer
     try:
         turn = ask(browser, "How does the with statement call __enter__ and __exit__?")
         wait_for(
@@ -197,12 +198,34 @@ def test_stop_aborts_the_generation_on_the_server(live_server: LiveServer, brows
         by_id(browser, "question").send_keys(Keys.ESCAPE)  # Escape is the Stop button's key
         finished(browser, turn, 10)
     finally:
-        set_request_header(browser, SLOW_TOKENS, None)
+        set_request_headers(browser, {})
     badges = [b.text for b in turn.find_elements("css selector", ".badge")]
     assert badges == ["stopped: generation aborted"], badges
     assert not by_id(browser, "stop").is_enabled()
     wait_for(lambda: aborts(live_server.url) > before, "rag_generation_aborts{reason=client_disconnect}", 30)
     assert not turn.find_elements("css selector", ".timing")  # no timings: the answer never finished
+
+
+def test_badges_say_when_an_answer_was_cut_short_or_retrieval_fell_back(
+    live_server: LiveServer, browser: Any
+) -> None:
+    open_page(browser, live_server.url)
+    # The embedding arrives after its 2 s budget (hybrid search goes on with the lexical list alone),
+    # and tokens arrive slowly enough that the request's 10 s deadline ends the generation.
+    set_request_headers(browser, {FAULTS: "embed=2500,token=600", "X-Deadline-Ms": "10000"})
+    try:
+        turn = finished(browser, ask(browser, "What does the global statement do?"))
+    finally:
+        set_request_headers(browser, {})
+    badges = [b.text for b in turn.find_elements("css selector", ".badge")]
+    assert badges == [
+        "degraded: the generate stage ran out of time, the answer is cut short",
+        "retrieval fallback: lexical list only (embed_late)",
+    ], badges
+    assert turn.find_element("css selector", ".text").text.strip()  # what came in time is kept
+    sources = sources_of(turn)
+    assert sources and all(s["retrievers"].startswith("lexical #") for s in sources), sources
+    screenshot(browser, "chat-degraded")
 
 
 def test_uploaded_files_are_found_by_asking_and_deleted_by_id(

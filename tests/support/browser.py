@@ -96,8 +96,8 @@ def console_messages(driver: Any) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser")]
 
 
-def set_request_header(driver: Any, name: str, value: str | None) -> None:
-    """Every request the page makes from now on carries ``name: value`` (None: no extra header), set
-    through the DevTools protocol; the page itself knows nothing of it."""
+def set_request_headers(driver: Any, headers: dict[str, str]) -> None:
+    """Every request the page makes from now on carries ``headers`` (``{}``: none), set through the
+    DevTools protocol; the page itself knows nothing of them."""
     driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {name: value} if value else {}})
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": headers})

@@ -83,6 +83,7 @@ export class Chat {
 class Turn {
   constructor(list, question) {
     this.item = el("li", undefined, "turn streaming");
+    this.item.setAttribute("aria-busy", "true"); // read out once whole, not token by token
     this.item.append(el("p", question, "question"));
     this.answer = el("div", undefined, "answer");
     this.text = el("p", "", "text");
@@ -106,16 +107,20 @@ class Turn {
   }
 
   finish(chunk, budgets) {
-    if (chunk.degraded) this.badge("degraded", `degraded: the ${chunk.degraded_reason} budget ran out`);
+    if (chunk.degraded) {
+      // Its stage's budget or the request's deadline ran out: the text so far is the answer.
+      this.badge("degraded", `degraded: the ${chunk.degraded_reason} stage ran out of time, the answer is cut short`);
+    }
     const retrieval = chunk.retrieval;
     if (retrieval && retrieval.fallback) {
-      this.badge("fallback", `retrieval fallback: ${retrieval.fallback} only (${retrieval.reason})`);
+      this.badge("fallback", `retrieval fallback: ${retrieval.fallback} list only (${retrieval.reason})`);
     }
     if (chunk.timings_ms) this.answer.append(timingBar(chunk.timings_ms, budgets));
     if (chunk.sources) this.answer.append(sourcesList(chunk.sources));
   }
 
   done() {
+    this.item.removeAttribute("aria-busy");
     this.item.classList.remove("streaming");
     this.item.classList.add("finished");
   }
