@@ -8,7 +8,7 @@ EXTRAS ?= cpu,dev,load
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install models index calibrate allocator run test test-fast test-startup loadtest loadtest-run bench lint format clean compose-tool
+.PHONY: install models index calibrate allocator run test test-fast test-startup loadtest loadtest-run bench lint format clean compose-tool browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,12 +70,22 @@ compose-tool:
 	       && echo "installed docker-compose for the deployment tests"; } \
 	  || echo "docker-compose not available: the deployment tests will be skipped"
 
-test: index compose-tool allocator $(BENCH_STAMP)
+# Debian's chromium and chromium-driver for the chat page's browser tests (tests/live/test_chat_page.py);
+# best effort, like compose-tool: where they cannot be installed, those tests say so and skip.
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	       && { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+	            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } \
+	       && echo "installed chromium and chromium-driver for the browser tests"; } \
+	  || echo "chromium/chromium-driver not available: the chat page's browser tests will be skipped"
+
+test: index compose-tool allocator browser $(BENCH_STAMP)
 	$(BIN)/python -m pytest -ra
 
 # Everything that does not start vLLM (tests marked `vllm`, see tests/conftest.py): unit tests and the
 # real encoder, FAISS and SQLite, in a few minutes.
-test-fast: index
+test-fast: index browser
 	$(BIN)/python -m pytest -ra -m "not vllm"
 
 # Headless Locust run with a pass/fail verdict on the stage budgets; starts (and stops) a server on

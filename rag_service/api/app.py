@@ -15,6 +15,7 @@ from rag_service.api.native import documents
 from rag_service.api.native.routes import router
 from rag_service.api.openai.routes import router as openai_router
 from rag_service.api.openapi import openapi_schema
+from rag_service.api.page import router as page_router
 from rag_service.api.responses import OrjsonResponse
 from rag_service.config import Settings
 from rag_service.runtime.service import Service
@@ -47,5 +48,6 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(openai_router)
     app.include_router(documents.router)
+    app.include_router(page_router)  # GET /: the chat page
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     return app
