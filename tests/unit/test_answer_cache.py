@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import tracemalloc
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,9 @@ def test_only_deterministic_answers_get_a_key() -> None:
 
 def test_the_same_request_has_the_same_key() -> None:
     assert _key() == _key(prompt=list(PROMPT), stop=["\n\n"])
-    assert _key(temperature=0.7, sampling=Sampling(seed=7)) == _key(temperature=0.7, sampling=Sampling(seed=7))
+    assert _key(temperature=0.7, sampling=Sampling(seed=7)) == _key(
+        temperature=0.7, sampling=Sampling(seed=7)
+    )
 
 
 @pytest.mark.parametrize(
@@ -62,7 +65,7 @@ def test_the_same_request_has_the_same_key() -> None:
         {"sampling": Sampling(min_tokens=16)},
     ],
 )
-def test_anything_that_can_change_the_text_changes_the_key(change: dict[str, object]) -> None:
+def test_anything_that_can_change_the_text_changes_the_key(change: dict[str, Any]) -> None:
     assert _key(**change) != _key()
 
 
