@@ -61,9 +61,9 @@ def answer_key(
         return None
     s = sampling or Sampling()
     # repr of str, int, float and None is exact and stable: the parameters as text, in a fixed order.
-    params = (model, max_tokens, temperature, tuple(stop), s.top_p, s.seed, s.presence_penalty)
-    params += (s.frequency_penalty, s.min_tokens)
-    digest = hashlib.sha256(repr(params).encode())
+    params = (model, max_tokens, temperature, tuple(stop), s.top_p, s.seed)
+    penalties = (s.presence_penalty, s.frequency_penalty, s.min_tokens)
+    digest = hashlib.sha256(repr((params, penalties)).encode())
     digest.update(array("q", prompt_ids).tobytes())  # 8 bytes per id: no two prompts share bytes
     return digest.digest()
 
