@@ -378,6 +378,28 @@ class IngestSettings(BaseModel):
     )
 
 
+class CacheSettings(BaseModel):
+    """The prompt-exact answer cache (``rag_service/caching/``; README, "Answer cache")."""
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "Reuse a deterministic answer (temperature 0 or a fixed seed) whose packed prompt (token ids), "
+            "sampling parameters and model are exactly this request's, instead of generating it again. "
+            "Retrieval always runs, so a write that changes the passages changes the prompt and misses."
+        ),
+    )
+    max_entries: int = Field(1024, ge=1, description="Most answers kept; the least recently used go first.")
+    max_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Most bytes the kept answers may take (text, key and bookkeeping, counted per entry); the "
+            "least recently used go first, and an answer larger than this is not kept."
+        ),
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAG_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -401,6 +423,7 @@ class Settings(BaseSettings):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from rag_service.index.snapshot import index_state
 from tests.support.paths import GENERATOR_DIR, repo_settings
 from tests.support.server import (
     LOOSE_BUDGETS,
+    TEST_CACHE_MAX_BYTES,
     LiveServer,
     check_clean_shutdown,
     start_server,
@@ -118,6 +119,7 @@ def live_server(
         "RAG_FAULTS__ENABLED": "true",
         **LOOSE_BUDGETS,
         "RAG_INGEST__MAX_BATCH_DOCS": "8",
+        "RAG_CACHE__MAX_BYTES": str(TEST_CACHE_MAX_BYTES),
     }
     proc, url = start_server(settings, index_dir, log_path, env)
     try:

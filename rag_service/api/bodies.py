@@ -46,6 +46,7 @@ def rag_fields(answer: Answer, **context_extra: Any) -> dict[str, Any]:
         },
         "degraded": answer.degraded,
         "degraded_reason": answer.degraded_reason,
+        "cached": answer.cached,  # reused from the answer cache, not generated for this request
     }
 
 

@@ -21,11 +21,18 @@ than failing a request that has good passages in hand. The other way round, a hy
 embedding misses the embed budget goes on with the lexical search alone (``fallback="lexical"``,
 reason ``embed_late``), which needs no vector, when the request's deadline leaves time for it.
 
+The answer cache (``rag_service/caching/``): after retrieval, a deterministic request whose prompt
+and sampling equal a kept answer's gets that answer (``Answer.cached``, a ``cache`` timing) instead of
+a generation; an identical request still generating is waited for instead of generating twice.
+
 ``ask_stream`` is the single code path: it yields text deltas and then one final ``Answer``; ``ask``
 just collects it. What to retrieve with and the prompt come from the request's plan
 (``rag_service/prompting/plans.py``). The components are reached through three seams, ``embedder``,
 ``searcher`` and ``generator``; ``with_components`` swaps them for one request (the test-only delays
 of ``rag_service/testing/faults.py`` wrap the real ones that way).
+
+Longer than 400 lines: the stages, their budgets and the answer cache meet in ``ask_stream``, the one
+path of every answer, and each stage's budget rule is easier to check beside the others.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from typing import Protocol
 
 import numpy as np
 
+from rag_service.caching.answers import CachedAnswer
+from rag_service.caching.reuse import AnswerReuse
 from rag_service.config import BudgetSettings, RetrievalMode, Settings
 from rag_service.domain import Context, GenerationChunk, Hit, Sampling, SearchOutcome, Usage
 from rag_service.embedding.encoder import Encoder
@@ -59,6 +68,9 @@ BUDGET_FINISH_REASON = "budget"  # finish_reason of an answer cut short by a bud
 # A hybrid search's lexical side must finish within this share of the retrieve stage's time; the rest
 # is kept for fusion, packing and prompt assembly (about a millisecond each at the defaults).
 LEXICAL_SHARE = 0.8
+# The finish reasons of a whole answer, the only ones the answer cache keeps (vLLM's "stop": EOS or
+# a stop string; "length": all max_tokens written). Not "abort", nor a budget's cut.
+REUSABLE_FINISH = ("stop", "length")
 EMBED_LATE = "embed_late"  # the fallback reason when a hybrid search goes on without its embedding
 MIN_FALLBACK_S = 0.001  # the least time left in the request for that lexical search to be tried
 
@@ -101,6 +113,9 @@ class AnswerRequest:
     request_id: str = field(default_factory=lambda: f"rag-{uuid.uuid4().hex}")
     # Sampling controls beyond temperature (vLLM's defaults when None).
     sampling: Sampling | None = None
+    # False for the service's own measuring requests (warm-up, budget check, calibration): they must
+    # reach the engine, so they neither read nor fill the answer cache.
+    cache: bool = True
 
 
 @dataclass(slots=True)
@@ -114,6 +129,7 @@ class Answer:
     degraded: bool = False
     degraded_reason: str | None = None  # the stage whose budget cut the answer: first_token, generate
     retrieval: SearchOutcome | None = None  # None without passages (plain chat, raw completions)
+    cached: bool = False  # the text was reused (the answer cache), not generated for this request
 
 
 @dataclass(slots=True)
@@ -138,6 +154,7 @@ class Pipeline:
         generator: Generator,
         settings: Settings,
         metrics: Metrics | None = None,
+        answers: AnswerReuse | None = None,
     ) -> None:
         self.encoder = encoder
         self.passages = passages
@@ -156,6 +173,7 @@ class Pipeline:
         self.metrics.watch(self.metrics.embed_queue, lambda: self.batcher.queued)
         self.embedder: Embedder = self.batcher
         self.searcher = Searcher(passages)
+        self.answers = answers  # the prompt-exact answer cache (None: off)
 
     def with_components(
         self,
@@ -170,6 +188,8 @@ class Pipeline:
         view.embedder = embedder or self.embedder
         view.searcher = searcher or self.searcher
         view.generator = generator or self.generator
+        if generator is not None:  # another generator's answers are not the cached ones
+            view.answers = None
         return view
 
     def new_deadline(self, deadline_ms: float | None = None) -> Deadline:
@@ -322,47 +342,94 @@ class Pipeline:
 
         usage = Usage(prompt_tokens=len(prompt_ids), context_tokens=context.tokens)
         self.metrics.context_tokens.observe(context.tokens)
+        answers = self.answers if req.cache else None  # (the service's measuring requests: never)
+        key = (
+            None
+            if answers is None
+            else answers.key(prompt_ids, req.max_tokens, req.temperature, req.stop, req.sampling)
+        )
+        reused: CachedAnswer | None = None
+        if answers is not None and key is not None:
+            try:
+                reused = await answers.claim(key, timer, budgets.generate_ms)
+            except DeadlineExceeded:  # waited past the generate budget for an identical answer
+                self.metrics.degraded.labels("generate").inc()
+                yield self._answer(req, "", context, usage, timer, BUDGET_FINISH_REASON, found, "generate")
+                return
+        if reused is not None:
+            if reused.text:
+                timer.mark("first_token")
+                yield reused.text
+            usage.completion_tokens = reused.completion_tokens
+            yield self._answer(
+                req, reused.text, context, usage, timer, reused.finish_reason, found, cached=True
+            )
+            return
         parts: list[str] = []
         finish_reason: str | None = None
         degraded_reason: str | None = None
-        with timer.stage("generate", budgets.generate_ms) as generate:
-            first_token = generate.sub("first_token", budgets.first_token_ms, req.deadline)
-            chunks = self.generator.stream(
-                prompt_ids,
-                max_tokens=req.max_tokens,
-                temperature=req.temperature,
-                stop=req.stop,
-                request_id=req.request_id,
-                sampling=req.sampling,
-            )
-            # aclosing: however this ends (budget, client gone), the engine request is aborted now.
-            async with aclosing(chunks):
-                try:
-                    while True:
-                        # Until the first token the tighter first_token budget applies.
-                        stage = generate if parts else first_token
-                        chunk = await stage.run(_next_chunk(chunks))
-                        if chunk is None:
-                            break
-                        if not parts and chunk.text:
-                            timer.mark("first_token")
-                        usage.completion_tokens = chunk.completion_tokens
-                        finish_reason = chunk.finish_reason or finish_reason
-                        if chunk.text:
-                            parts.append(chunk.text)
-                            yield chunk.text
-                except DeadlineExceeded as exc:
-                    # Cancelling the pending chunk closed the stream, which aborted it in vLLM.
-                    degraded_reason, finish_reason = exc.stage, BUDGET_FINISH_REASON
-                    self.metrics.aborts.labels(exc.stage).inc()
-                    self.metrics.degraded.labels(exc.stage).inc()
-                except (GeneratorExit, asyncio.CancelledError):
-                    self.metrics.aborts.labels("client_disconnect").inc()
-                    raise
+        shared: CachedAnswer | None = None  # what identical requests waiting for this one get
+        try:
+            with timer.stage("generate", budgets.generate_ms) as generate:
+                first_token = generate.sub("first_token", budgets.first_token_ms, req.deadline)
+                chunks = self.generator.stream(
+                    prompt_ids,
+                    max_tokens=req.max_tokens,
+                    temperature=req.temperature,
+                    stop=req.stop,
+                    request_id=req.request_id,
+                    sampling=req.sampling,
+                )
+                # aclosing: however this ends (budget, client gone), the engine request is aborted now.
+                async with aclosing(chunks):
+                    try:
+                        while True:
+                            # Until the first token the tighter first_token budget applies.
+                            stage = generate if parts else first_token
+                            chunk = await stage.run(_next_chunk(chunks))
+                            if chunk is None:
+                                break
+                            if not parts and chunk.text:
+                                timer.mark("first_token")
+                            usage.completion_tokens = chunk.completion_tokens
+                            finish_reason = chunk.finish_reason or finish_reason
+                            if chunk.text:
+                                parts.append(chunk.text)
+                                yield chunk.text
+                    except DeadlineExceeded as exc:
+                        # Cancelling the pending chunk closed the stream, which aborted it in vLLM.
+                        degraded_reason, finish_reason = exc.stage, BUDGET_FINISH_REASON
+                        self.metrics.aborts.labels(exc.stage).inc()
+                        self.metrics.degraded.labels(exc.stage).inc()
+                    except (GeneratorExit, asyncio.CancelledError):
+                        self.metrics.aborts.labels("client_disconnect").inc()
+                        raise
+            # Only a whole answer is reused: the model stopped, or wrote all max_tokens it was asked
+            # for; never one a budget cut, an abort or an error ended.
+            if degraded_reason is None and finish_reason in REUSABLE_FINISH:
+                shared = CachedAnswer("".join(parts), str(finish_reason), usage.completion_tokens)
+        finally:
+            if answers is not None and key is not None:
+                answers.keep(key, shared)
         self.metrics.generated_tokens.observe(usage.completion_tokens)
+        yield self._answer(req, "".join(parts), context, usage, timer, finish_reason, found, degraded_reason)
+
+    def _answer(
+        self,
+        req: AnswerRequest,
+        raw_text: str,
+        context: Context,
+        usage: Usage,
+        timer: RequestTimer,
+        finish_reason: str | None,
+        found: SearchOutcome | None,
+        degraded_reason: str | None = None,
+        *,
+        cached: bool = False,
+    ) -> Answer:
         answer = Answer(
             req.request_id,
-            "".join(parts).strip(),
+            raw_text.strip(),
             context,
             usage,
             timer.finish(),
@@ -370,10 +437,12 @@ class Pipeline:
             degraded=degraded_reason is not None,
             degraded_reason=degraded_reason,
             retrieval=found,
+            cached=cached,
         )
         log.info(
-            "answered %s: %s ms, %d context + %d prompt tokens, %d generated (%s)%s",
+            "answered %s%s: %s ms, %d context + %d prompt tokens, %d generated (%s)%s",
             req.request_id,
+            " from the answer cache" if cached else "",
             answer.timings_ms,
             context.tokens,
             usage.prompt_tokens,
@@ -381,7 +450,7 @@ class Pipeline:
             finish_reason,
             f", degraded: {degraded_reason} over budget" if degraded_reason else "",
         )
-        yield answer
+        return answer
 
     async def ask(self, req: AnswerRequest) -> Answer:
         async for item in self.ask_stream(req):

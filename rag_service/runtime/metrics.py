@@ -119,6 +119,31 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=r,
         )
+        self.cache_hits = Counter(
+            "rag_answer_cache_hits",
+            "Answers reused instead of generated, by where from: stored (the cache) or in_flight (an "
+            "identical request generating it at the time, waited for).",
+            ["source"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "rag_answer_cache_misses",
+            "Deterministic requests (temperature 0 or a seed) the answer cache could not answer: generated.",
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "rag_answer_cache_evictions",
+            "Answers dropped from the cache to stay within its bounds.",
+            registry=r,
+        )
+        self.cache_entries = Gauge(
+            "rag_answer_cache_entries", "Answers kept in the answer cache.", registry=r
+        )
+        self.cache_bytes = Gauge(
+            "rag_answer_cache_bytes",
+            "Bytes the kept answers take (RAG_CACHE__MAX_BYTES bounds it).",
+            registry=r,
+        )
         self.gc_frozen = Gauge(
             "rag_gc_frozen_objects",
             "Start-up objects exempted from garbage collection after warm-up (gc.freeze).",

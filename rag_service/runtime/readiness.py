@@ -178,6 +178,7 @@ async def run_round(
             deadline=Deadline(budgets.total_ms, reserve_ms=budgets.reply_reserve_ms),
             budgets=budgets,
         )
+        req.cache = False  # measured: it must be generated, never reused
         if full_length:
             req.sampling = Sampling(min_tokens=max_tokens)
         requests.append(req)

@@ -14,6 +14,8 @@ import time
 from enum import StrEnum
 from typing import Any
 
+from rag_service.caching.answers import AnswerCache
+from rag_service.caching.reuse import AnswerReuse
 from rag_service.config import BudgetSettings, Settings
 from rag_service.embedding.encoder import Encoder
 from rag_service.errors import NotReady
@@ -119,7 +121,9 @@ class Service:
             self.metrics.watch(self.metrics.engine_unfinished, lambda: generator.unfinished_requests)
             live = retriever.index  # the documents API adds and deletes: read the size at scrape time
             self.metrics.watch(self.metrics.index_passages, lambda: len(live))
-            self._pipeline = Pipeline(encoder, retriever, generator, self.settings, self.metrics)
+            self._pipeline = Pipeline(
+                encoder, retriever, generator, self.settings, self.metrics, answers=self._answer_cache()
+            )
             self.reason = "warming up"
             await self._warm_up(self._pipeline)
             if check_budgets:
@@ -147,6 +151,15 @@ class Service:
             self.reason = "ready, over budget (accepted by RAG_BUDGET__ACCEPT_OVER_BUDGET)"
             log.warning("service ready although over budget: %s", self._over_budget_reason(self.readiness))
         log.info("service ready: cold start took %.1f s", self.cold_start_s)
+
+    def _answer_cache(self) -> AnswerReuse | None:
+        """The prompt-exact answer cache (RAG_CACHE__*), keyed by the generator and the dtype it runs in."""
+        cache = self.settings.cache
+        if not cache.enabled:
+            return None
+        model = f"{self.generator_settings.model}@{self.generator_settings.dtype}"
+        lru = AnswerCache(max_entries=cache.max_entries, max_bytes=cache.max_bytes, model=model)
+        return AnswerReuse(lru, self.metrics)
 
     def resolve_hardware(self) -> None:
         """The dtypes this machine runs fast, logged with the reason (hardware.py)."""
@@ -256,7 +269,7 @@ class Service:
         return body
 
     def _warm_up_request(self, pipeline: Pipeline, question: str, budgets: BudgetSettings) -> AnswerRequest:
-        return pipeline.new_request(
+        req = pipeline.new_request(
             question,
             top_k=self.settings.retriever.top_k,
             max_tokens=4,
@@ -265,6 +278,8 @@ class Service:
             deadline=Deadline(budgets.total_ms),
             budgets=budgets,
         )
+        req.cache = False  # a warm-up must reach every stage, the engine included
+        return req
 
     async def stop(self) -> None:
         """Everything ``start`` began, ended: the batcher, the ingestion worker (a write in progress

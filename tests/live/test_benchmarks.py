@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import REPO, scifact_dir
+from tests.support.paths import REPO, SHARED_DATA, scifact_dir
 from tests.support.server import LiveServer
 
 
@@ -165,3 +165,31 @@ def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
     assert figures["docs"] == 24 and figures["chunks"] >= 24
     assert figures["ingest_docs_per_s"] > 0 and figures["plain_docs_per_s"] > 0
     assert figures["query_ms_idle"]["n"] >= 10 and figures["query_ms_during_ingestion"]["n"] >= 1
+
+
+def test_semantic_cache_benchmark_smoke(tmp_path: Path) -> None:
+    data = SHARED_DATA / "squad-v1.1-dev"
+    if not (data / "qa.jsonl").is_file():
+        pytest.skip(f"shared evaluation data not found at {data} (set RAG_SHARED_DATA to its folder)")
+    result = _bench("semantic_cache", "--articles", "1", "--thresholds", "0.9,0.99", "--out", str(tmp_path))
+    assert "reuse rule: cosine >= threshold and same passages" in result.stdout
+    record = json.loads((tmp_path / "semantic_cache.json").read_text())
+    assert record["articles"] == 1 and record["questions"] > 0 and record["mode"] == "hybrid"
+    rows = record["rows"]
+    assert [r["threshold"] for r in rows] == [0.9, 0.99]
+    assert rows[0]["hits"] >= rows[1]["hits"]  # a higher threshold reuses no more
+    assert all(0.0 <= r["false_hit_rate"] <= 1.0 and r["hits"] >= r["false_hits"] for r in rows)
+    assert isinstance(record["decision"]["enable"], bool)
+
+
+@pytest.mark.vllm
+def test_answer_cache_benchmark_smoke(live_server: LiveServer, tmp_path: Path) -> None:
+    args = ["--url", live_server.url, "--conditions", "on", "--users", "2", "--time", "6s"]
+    result = _bench("answer_cache", *args, "--max-tokens", "4", "--out", str(tmp_path))
+    assert "cache on:" in result.stdout
+    on = json.loads((tmp_path / "answer_cache.json").read_text())["conditions"]["on"]
+    assert on["answered"] > 0 and on["errors"] == 0 and on["requests_per_s"] > 0
+    assert 0.0 <= on["hit_rate"] <= 1.0
+    assert on["all"]["total"]["n"] == on["answered"] and on["all"]["client_end_to_end"]["p50"] > 0
+    misses = on["misses"]["generate"]
+    assert misses is None or misses["n"] == on["answered"] - round(on["hit_rate"] * on["answered"])

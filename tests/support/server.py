@@ -54,6 +54,11 @@ LOOSE_BUDGETS = {
 }
 
 
+# The answer cache of the session's server is small, so the byte bound is reached within a test
+# (tests/live/test_answer_cache.py) and the rest of the suite runs with evictions going on.
+TEST_CACHE_MAX_BYTES = 32 * 1024
+
+
 def start_server(
     settings: Settings, index_dir: Path, log_path: Path, env: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], str]:
