@@ -24,14 +24,13 @@ from rag_service.index.snapshot import index_state
 from tests.support.paths import GENERATOR_DIR, repo_settings
 from tests.support.server import (
     LOOSE_BUDGETS,
-    TEST_CACHE_MAX_BYTES,
     LiveServer,
     check_clean_shutdown,
     start_server,
     wait_until_started,
 )
 
-STARTS_VLLM = ("start_server(", "VllmGenerator")
+STARTS_VLLM = ("start_server(", "server_of_its_own(", "VllmGenerator")
 
 
 def _starts_vllm(item: pytest.Item) -> bool:
@@ -119,7 +118,9 @@ def live_server(
         "RAG_FAULTS__ENABLED": "true",
         **LOOSE_BUDGETS,
         "RAG_INGEST__MAX_BATCH_DOCS": "8",
-        "RAG_CACHE__MAX_BYTES": str(TEST_CACHE_MAX_BYTES),
+        # The functional tests ask the same questions again and check what generation does; the
+        # answer cache has a server of its own (tests/live/test_answer_cache.py).
+        "RAG_CACHE__ENABLED": "false",
     }
     proc, url = start_server(settings, index_dir, log_path, env)
     try:

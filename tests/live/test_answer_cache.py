@@ -6,15 +6,36 @@ once; and a cache full of answers stays within its byte bound (the test server's
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from rag_service.config import Settings
 from tests.support.http import sse_payloads
-from tests.support.server import TEST_CACHE_MAX_BYTES
+from tests.support.server import TEST_CACHE_MAX_BYTES, server_of_its_own
 
 CHAT_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def client(
+    settings: Settings, default_index_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
+    """A server of its own with the cache on (the shared one runs without it) and a small byte bound,
+    on its own index copy (these tests write documents)."""
+    env = {"RAG_CACHE__ENABLED": "true", "RAG_CACHE__MAX_BYTES": str(TEST_CACHE_MAX_BYTES)}
+    folder = tmp_path_factory.mktemp("cached")
+    with (
+        server_of_its_own(settings, default_index_dir, folder, env) as server,
+        httpx.Client(base_url=server.url, timeout=120) as c,
+    ):
+        yield c
+
+
 SHORT = 24  # tokens per answer: enough to be a real answer, quick to generate on the CPU
 
 

@@ -8,8 +8,6 @@ in ``tests/live/schemathesis.toml``. Bounded in examples per operation, so it ta
 from __future__ import annotations
 
 import json
-import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import httpx
 import pytest
 
 from rag_service.config import Settings
-from tests.support.server import LOOSE_BUDGETS, LiveServer, start_server, wait_until_started
+from tests.support.server import LiveServer, server_of_its_own
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 EXAMPLES_PER_OPERATION = 60
@@ -31,11 +29,7 @@ def fuzzed_server(
     settings: Settings, default_index_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     """A server of its own: the fuzzer writes and deletes documents the other tests must not see."""
-    folder = tmp_path_factory.mktemp("fuzzed")
-    index_dir = folder / "indexes"
-    shutil.copytree(default_index_dir, index_dir / settings.index.name)
     env = {
-        **LOOSE_BUDGETS,
         "RAG_SERVER__MAX_BODY_BYTES": "65536",
         # Short answers keep a thousand generated requests to a minute; the limit is in the schema.
         "RAG_GENERATOR__MAX_TOKENS": "8",
@@ -43,19 +37,8 @@ def fuzzed_server(
         # The budget check is not under test here, and a loaded machine must not make it refuse.
         "RAG_BUDGET__ACCEPT_OVER_BUDGET": "true",
     }
-    proc, url = start_server(settings, index_dir, folder / "server.log", env)
-    try:
-        r, _ = wait_until_started(proc, url, folder / "server.log")
-        if r.status_code != 200:
-            pytest.fail(f"server failed to start: {r.json()}")
-        yield LiveServer(url, folder / "server.log", False)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with server_of_its_own(settings, default_index_dir, tmp_path_factory.mktemp("fuzzed"), env) as server:
+        yield server
 
 
 def test_the_schema_declares_what_each_route_answers(fuzzed_server: LiveServer) -> None:

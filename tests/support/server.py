@@ -4,6 +4,7 @@ served in a thread without its lifespan (nothing loaded)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,3 +146,27 @@ def serve_in_thread(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def server_of_its_own(
+    settings: Settings, default_index_dir: Path, folder: Path, env: dict[str, str]
+) -> Iterator[LiveServer]:
+    """A live server on a copy of the default index, for a module whose requests must not meet the
+    shared ``live_server``'s (documents written by a fuzzer, answers kept by the cache)."""
+    index_dir = folder / "indexes"
+    shutil.copytree(default_index_dir, index_dir / settings.index.name)
+    log_path = folder / "server.log"
+    proc, url = start_server(settings, index_dir, log_path, {**LOOSE_BUDGETS, **env})
+    try:
+        r, saw_not_ready = wait_until_started(proc, url, log_path)
+        if r.status_code != 200:
+            pytest.fail(f"server failed to start: {r.json()}\n{log_path.read_text()[-4000:]}")
+        yield LiveServer(url, log_path, saw_not_ready)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
