@@ -71,7 +71,8 @@ def test_fuzzing_every_operation_finds_no_failure(fuzzed_server: LiveServer, tmp
         *("--request-timeout", "120", "--max-response-time", "120", "--no-color"),
         *("--report", "json", "--report-json-path", str(tmp_path / "report.json")),
     ]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    # In tmp_path: schemathesis keeps a crash cache (.schemathesis/) in its working directory.
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     report = json.loads((tmp_path / "report.json").read_text())
     cases = report["test_cases"]
     print(
