@@ -52,6 +52,9 @@ def server(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"starting a server at {base} (log: {log_path})", flush=True)
     full_env = {
+        # The benchmarks time generation, and some ask a question more than once: the answer cache
+        # would answer those in milliseconds. benchmarks.answer_cache turns it on to measure it.
+        "RAG_CACHE__ENABLED": "false",
         **os.environ,
         **(env or {}),
         "RAG_SERVER__HOST": "127.0.0.1",
