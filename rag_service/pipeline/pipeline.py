@@ -130,6 +130,9 @@ class Answer:
     degraded_reason: str | None = None  # the stage whose budget cut the answer: first_token, generate
     retrieval: SearchOutcome | None = None  # None without passages (plain chat, raw completions)
     cached: bool = False  # the text was reused (the answer cache), not generated for this request
+    # The text exactly as generated, what a stream's deltas add up to; `text` is it stripped. A text
+    # completion continues its prompt, so its leading space is part of the answer (" Paris.").
+    generated: str = ""
 
 
 @dataclass(slots=True)
@@ -438,6 +441,7 @@ class Pipeline:
             degraded_reason=degraded_reason,
             retrieval=found,
             cached=cached,
+            generated=raw_text,
         )
         log.info(
             "answered %s%s: %s ms, %d context + %d prompt tokens, %d generated (%s)%s",

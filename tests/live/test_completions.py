@@ -70,6 +70,9 @@ def test_a_streamed_completion_with_usage(oai: OpenAI) -> None:
     # No stop string by default on a raw prompt: every generated token reaches the text.
     assert "".join(texts) and finish in (["stop"], ["length"])
     assert all(c.object == "text_completion" and c.id == chunks[0].id for c in chunks)
+    # The same completion whole is the streamed text exactly, its leading space included (greedy).
+    whole = oai.completions.create(model=MODEL, prompt=PROMPT, max_tokens=16)
+    assert whole.choices[0].text == "".join(texts)
 
 
 def test_the_stream_carries_the_rag_extras_on_the_finish_chunk(client: httpx.Client) -> None:

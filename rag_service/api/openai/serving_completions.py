@@ -85,7 +85,7 @@ def text_completion(head: dict[str, Any], answer: Answer) -> dict[str, Any]:
         **head,
         "object": "text_completion",
         "choices": [
-            {"text": answer.text, "index": 0, "logprobs": None, "finish_reason": finish_reason(answer)}
+            {"text": answer.generated, "index": 0, "logprobs": None, "finish_reason": finish_reason(answer)}
         ],
         "usage": usage(answer),
         **rag_fields(answer),
