@@ -86,24 +86,6 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def key(
-        self,
-        prompt_ids: Sequence[int],
-        *,
-        max_tokens: int,
-        temperature: float,
-        stop: Sequence[str],
-        sampling: Sampling | None,
-    ) -> bytes | None:
-        return answer_key(
-            self.model,
-            prompt_ids,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            stop=stop,
-            sampling=sampling,
-        )
-
     def get(self, key: bytes) -> CachedAnswer | None:
         found = self._entries.get(key)
         if found is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rag_service.caching.answers import AnswerCache, CachedAnswer
+from rag_service.caching.answers import AnswerCache, CachedAnswer, answer_key
 from rag_service.caching.flights import Flights, follow
 from rag_service.domain import Sampling
 from rag_service.pipeline.budgets import RequestTimer
@@ -34,8 +34,13 @@ class AnswerReuse:
         sampling: Sampling | None,
     ) -> bytes | None:
         """None when the answer would not be deterministic (nothing to reuse)."""
-        return self.cache.key(
-            prompt_ids, max_tokens=max_tokens, temperature=temperature, stop=stop, sampling=sampling
+        return answer_key(
+            self.cache.model,
+            prompt_ids,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=stop,
+            sampling=sampling,
         )
 
     async def claim(self, key: bytes, timer: RequestTimer, budget_ms: float) -> CachedAnswer | None:

@@ -8,7 +8,6 @@ Each test starts the real server (encoder, FAISS, vLLM) in a subprocess; answers
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from rag_service.config import Settings
 from rag_service.runtime import preload
 from rag_service.runtime.readiness import STAGES
-from tests.support.server import LOOSE_BUDGETS, start_server, wait_until_started
+from tests.support.server import LOOSE_BUDGETS, start_server, stop_server, wait_until_started
 
 pytestmark = pytest.mark.vllm
 SHORT = {"RAG_GENERATOR__MAX_TOKENS": "16"}
@@ -32,15 +31,6 @@ def index_dir(settings: Settings, default_index_dir: Path, tmp_path_factory: pyt
     return folder
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _start(
     settings: Settings, index_dir: Path, log: Path, env: dict[str, str]
 ) -> tuple[dict, str, subprocess.Popen]:
@@ -48,7 +38,7 @@ def _start(
     try:
         r, _ = wait_until_started(proc, url, log)
     except BaseException:
-        _stop(proc)
+        stop_server(proc)
         raise
     body = r.json()
     assert r.status_code == (200 if body["status"] == "ready" else 503), body
@@ -74,7 +64,7 @@ def test_five_cold_starts_in_a_row_all_reach_ready(
             answer = httpx.post(f"{url}/v1/ask", json=QUESTION, timeout=120).json()
             assert answer["answer"] and not answer["degraded"], answer
         finally:
-            _stop(proc)
+            stop_server(proc)
         text = log.read_text()
         assert "ImportError" not in text
         if preload.wanted(settings.generator):  # both libraries are here: vLLM must find them loaded
@@ -99,7 +89,7 @@ def test_budgets_the_machine_cannot_meet_are_not_ready_unless_accepted(
         error = r.json()["error"]
         assert error["code"] == "over_budget" and "calibrate" in error["message"]
     finally:
-        _stop(proc)
+        stop_server(proc)
     # Accepted explicitly: ready, and it says so.
     body, url, proc = _start(
         settings,
@@ -113,4 +103,4 @@ def test_budgets_the_machine_cannot_meet_are_not_ready_unless_accepted(
         answer = httpx.post(f"{url}/v1/ask", json=QUESTION, timeout=60).json()
         assert answer["degraded"] and answer["degraded_reason"] == "first_token" and answer["sources"]
     finally:
-        _stop(proc)
+        stop_server(proc)

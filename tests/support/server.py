@@ -164,9 +164,14 @@ def server_of_its_own(
             pytest.fail(f"server failed to start: {r.json()}\n{log_path.read_text()[-4000:]}")
         yield LiveServer(url, log_path, saw_not_ready)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C, and a kill if it is still running a minute later."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
