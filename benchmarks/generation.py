@@ -123,13 +123,12 @@ def build_prompts(questions: list[str], settings: Settings, max_tokens: int, top
     same mode (dense, lexical or hybrid, as the pipeline combines them), packing and prompt."""
     from rag_service.embedding.encoder import Encoder
     from rag_service.index.live import LiveIndex
-    from rag_service.index.snapshot import IndexSpec
     from rag_service.prompting.prompt import PromptBuilder
     from rag_service.retrieval.passages import PassageSearch
 
     encoder = Encoder(settings.encoder)
     prompts = PromptBuilder.from_model(settings.generator.model, settings.generator.system_prompt)
-    spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
+    spec = encoder.index_spec()
     folder = REPO / settings.index_path
     retriever = PassageSearch(LiveIndex.open(folder, spec, settings.index), prompts, settings.retriever)
     mode = settings.retriever.mode

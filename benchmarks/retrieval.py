@@ -120,8 +120,7 @@ def import_format1(old: Path, corpus: Path, folder: Path) -> None:
 
     from rag_service.embedding.encoder import Encoder
     from rag_service.index.live import LiveIndex
-    from rag_service.index.snapshot import IndexSpec
-    from rag_service.ingestion.ingestor import chunker_for, spec_of
+    from rag_service.ingestion.ingestor import chunker_for
     from rag_service.storage.store import DocumentWrite
 
     settings = Settings()
@@ -149,11 +148,11 @@ def import_format1(old: Path, corpus: Path, folder: Path) -> None:
         import shutil
 
         shutil.rmtree(staging)
-    store = DocumentStore.create(staging, spec_of(encoder).as_meta())
+    store = DocumentStore.create(staging, encoder.index_spec().as_meta())
     for start in range(0, len(writes), 256):
         store.write(upserts=writes[start : start + 256])
     store.close()
-    LiveIndex.open(staging, IndexSpec(encoder.model_id, encoder.dimension), settings.index).close()
+    LiveIndex.open(staging, encoder.index_spec(), settings.index).close()
     staging.rename(folder)
 
 

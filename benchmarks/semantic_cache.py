@@ -88,13 +88,12 @@ def retrieve_all(
 ) -> tuple[np.ndarray, list[tuple[str, ...]]]:
     """The packed passages of every question, as the pipeline's retrieve stage would pack them."""
     from rag_service.index.live import LiveIndex
-    from rag_service.index.snapshot import IndexSpec
     from rag_service.prompting.prompt import PromptBuilder
     from rag_service.retrieval.passages import PassageSearch
 
     vectors = encoder.encode_queries(questions)
     prompts = PromptBuilder.from_model(settings.generator.model, settings.generator.system_prompt)
-    live = LiveIndex.open(folder, IndexSpec(encoder.model_id, encoder.dimension), settings.index)
+    live = LiveIndex.open(folder, encoder.index_spec(), settings.index)
     try:
         search = PassageSearch(live, prompts, settings.retriever)
         depth = search.candidates(top_k) if mode == "hybrid" else top_k

@@ -95,10 +95,9 @@ def default_index_dir(settings: Settings) -> Path:
 def passages(settings: Settings, encoder: Any, prompts: Any, default_index_dir: Path) -> Iterator[Any]:
     """The passage search over the default index (read only: tests that write copy the index)."""
     from rag_service.index.live import LiveIndex
-    from rag_service.index.snapshot import IndexSpec
     from rag_service.retrieval.passages import PassageSearch
 
-    live = LiveIndex.open(default_index_dir, IndexSpec(encoder.model_id, encoder.dimension), settings.index)
+    live = LiveIndex.open(default_index_dir, encoder.index_spec(), settings.index)
     yield PassageSearch(live, prompts, settings.retriever)
     live.close()
 

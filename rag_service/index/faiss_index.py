@@ -111,6 +111,8 @@ class FaissIndex:
             "dimension": self.spec.dimension,
             "metric": self.spec.metric,
             "normalized": self.spec.normalized,
+            "quantization": self.spec.quantization,
+            "encoder_backend": self.spec.encoder_backend,
             "index_type": INDEX_TYPES[self.backend],
             "backend": self.backend,
             "hnsw_m": self.settings.hnsw_m,

@@ -8,14 +8,15 @@ Layout of an index folder (see indexes/README.md):
   fsync, rename), so it always points at a complete file.
 
 A store or snapshot whose encoder, dimension, metric or normalization differ from the configured
-encoder is refused (version skew): its vectors would be meaningless to the queries.
+encoder is refused (version skew): its vectors would be meaningless to the queries. So is one whose
+quantization differs, unless the two are measured interchangeable (``INTERCHANGEABLE``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,24 @@ MANIFEST_FILE = "manifest.json"
 METRIC = "inner_product"
 FORMAT = 2  # 1 = the JSON Lines store without a database (before ingestion)
 STALE_FILE_S = 600  # an unnamed snapshot file this old is a crash's leftover, not a write in progress
+# Quantizations whose vectors may share one index: int8 queries over a float32-built index (and the
+# reverse) ranked within 0.005 nDCG@10 of same-backend search on SciFact, SQuAD and PubMedQA
+# (BENCHMARKS.md, "Encoder backends"). Any other pair is version skew until measured.
+INTERCHANGEABLE = frozenset({"none", "int8-dynamic"})
 
 
 @dataclass(frozen=True, slots=True)
 class IndexSpec:
-    """What the vectors are: anything that differs between index and encoder is version skew."""
+    """What the vectors are: anything that differs between index and encoder is version skew.
+    ``encoder_backend`` (torch, onnx, onnx-int8) is recorded for people, not compared: the backends
+    compute the same model, and their quantization is what can change the vectors."""
 
     encoder: str
     dimension: int
     metric: str = METRIC
     normalized: bool = True
+    quantization: str = "none"
+    encoder_backend: str = field(default="torch", compare=False)
 
     def as_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,7 +58,15 @@ class IndexSpec:
             dimension=int(meta.get("dimension", -1)),
             metric=str(meta.get("metric", "?")),
             normalized=normalized in (True, "True", "true", "1"),
+            # Indexes from before the ONNX backends were all built by sentence-transformers in float.
+            quantization=str(meta.get("quantization", "none")),
+            encoder_backend=str(meta.get("encoder_backend", "torch")),
         )
+
+    def compatible(self, other: IndexSpec) -> bool:
+        same_vectors = replace(self, quantization="none") == replace(other, quantization="none")
+        quantizations = {self.quantization, other.quantization}
+        return same_vectors and (len(quantizations) == 1 or quantizations <= INTERCHANGEABLE)
 
 
 def write_snapshot(folder: Path, data: bytes, manifest: dict[str, Any]) -> None:
@@ -87,14 +104,16 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def check_spec(meta: dict[str, Any], expected: IndexSpec, where: Path) -> None:
-    """Refuse vectors that came from another encoder, dimension, metric or normalization."""
+    """Refuse vectors that came from another encoder, dimension, metric, normalization or quantization."""
     found = IndexSpec.from_meta(meta)
-    if found != expected:
+    if not found.compatible(expected):
         raise IndexUnavailable(
             f"index at {where} was built with encoder {found.encoder!r} (dimension {found.dimension}, "
-            f"{found.metric}, normalized={found.normalized}) but the service is configured with encoder "
-            f"{expected.encoder!r} (dimension {expected.dimension}, {expected.metric}, "
-            f"normalized={expected.normalized}); run `rag-service reindex` to re-embed the stored "
+            f"{found.metric}, normalized={found.normalized}, quantization {found.quantization}, backend "
+            f"{found.encoder_backend}) but the service is configured with encoder {expected.encoder!r} "
+            f"(dimension {expected.dimension}, {expected.metric}, normalized={expected.normalized}, "
+            f"quantization {expected.quantization}, backend {expected.encoder_backend}); run "
+            "`rag-service reindex` to re-embed the stored "
             "documents with the configured encoder",
             code="index_encoder_mismatch",
         )

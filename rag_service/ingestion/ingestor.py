@@ -27,7 +27,6 @@ from rag_service.domain import Document
 from rag_service.embedding.encoder import Encoder
 from rag_service.errors import InvalidRequest
 from rag_service.index.live import LiveIndex
-from rag_service.index.snapshot import IndexSpec
 from rag_service.ingestion.chunking import Chunker
 from rag_service.storage.store import DocumentStore, DocumentWrite, WriteResult, content_hash
 
@@ -101,17 +100,13 @@ def delete_document(live: LiveIndex, doc_id: str) -> WriteResult:
     return result
 
 
-def spec_of(encoder: Encoder) -> IndexSpec:
-    return IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
-
-
 def chunker_for(encoder: Encoder, settings: Settings) -> Chunker:
     return Chunker(encoder.tokenizer, settings.chunking.chunk_tokens, settings.chunking.overlap_tokens)
 
 
 def open_or_create(folder: Path, encoder: Encoder, settings: Settings) -> LiveIndex:
     """The live index of ``folder``, creating an empty store there if the folder holds nothing."""
-    spec = spec_of(encoder)
+    spec = encoder.index_spec()
     if not DocumentStore.exists(folder) and (not folder.exists() or not any(folder.iterdir())):
         DocumentStore.create(folder, spec.as_meta()).close()
     return LiveIndex.open(folder, spec, settings.index, background_nice=settings.ingest.nice)

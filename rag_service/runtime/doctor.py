@@ -46,12 +46,14 @@ def settings_lines(settings: Settings) -> list[str]:
         generator_dtype,
         torch_device,
     )
+    from rag_service.embedding.encoder import resolve_backend
     from rag_service.runtime.preload import preload_state
 
     gpus = cuda_devices()
     gen = generator_dtype(settings.generator.dtype, gpus=gpus, gpu_bf16=cuda_bf16())
     device = torch_device(settings.encoder.device, gpus)
     enc = encoder_dtype(settings.encoder.dtype, device)
+    backend = resolve_backend(settings.encoder.backend, device)
     sources = budget_sources()
     budgets = settings.budget.as_dict()
     return [
@@ -59,7 +61,8 @@ def settings_lines(settings: Settings) -> list[str]:
         _row("generator", settings.generator.model),
         _row("generator dtype", f"{gen.dtype} (asked: {gen.requested}; {gen.reason})"),
         _row("encoder", f"{settings.encoder.model} on {device}"),
-        _row("encoder dtype", f"{enc.dtype} (asked: {enc.requested}; {enc.reason})"),
+        _row("encoder backend", f"{backend.backend} (asked: {backend.requested}; {backend.reason})"),
+        _row("encoder dtype", f"{enc.dtype} (torch backend; asked: {enc.requested}; {enc.reason})"),
         _row("vLLM threads bind", settings.generator.cpu_threads_bind),
         _row("allocator preload", preload_state(settings.generator)),
         _row("retrieval", f"{settings.retriever.mode}, top_k {settings.retriever.top_k}"),

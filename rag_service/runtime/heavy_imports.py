@@ -26,6 +26,11 @@ MODULES = (
     "torch",
     "transformers",
     "sentence_transformers",
+    # The ONNX encoder backends: the runtime, and what an export on first use needs.
+    "onnx",
+    "onnxruntime",
+    "onnxruntime.quantization",
+    "onnxruntime.transformers.optimizer",
     "vllm",
     "vllm.engine.arg_utils",
     "vllm.v1.engine.async_llm",

@@ -17,11 +17,10 @@ from typing import Any
 from rag_service.caching.answers import AnswerCache
 from rag_service.caching.reuse import AnswerReuse
 from rag_service.config import BudgetSettings, Settings
-from rag_service.embedding.encoder import Encoder
+from rag_service.embedding.encoder import BackendChoice, Encoder
 from rag_service.errors import NotReady
 from rag_service.generation.generator import Generator, VllmGenerator
 from rag_service.index.live import LiveIndex
-from rag_service.index.snapshot import IndexSpec
 from rag_service.ingestion.worker import IngestWorker
 from rag_service.pipeline.budgets import Deadline
 from rag_service.pipeline.pipeline import AnswerRequest, Pipeline
@@ -78,6 +77,7 @@ class Service:
         self.generator_dtype: DtypeChoice | None = None  # resolved at start (hardware.py)
         self.generator_settings = settings.generator
         self.encoder_dtype: DtypeChoice | None = None
+        self.encoder_backend: BackendChoice | None = None  # torch, onnx or onnx-int8, and why
         self.questions = readiness.QuestionSource()  # fresh questions for the budget check
         self.readiness: readiness.Round | None = None
         self.machine: dict[str, Any] = {}  # resolved at start, shown by /readyz (resolve_hardware)
@@ -195,11 +195,12 @@ class Service:
             encoder_settings = encoder_settings.model_copy(update={"num_threads": s.batching.encoder_threads})
         encoder = Encoder(encoder_settings)
         self.encoder_dtype = encoder.dtype_choice
+        self.encoder_backend = encoder.backend_choice
         return encoder, PromptBuilder.from_model(s.generator.model, s.generator.system_prompt)
 
     def _load_index(self, encoder: Encoder, prompts: PromptBuilder) -> PassageSearch:
         s = self.settings
-        spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
+        spec = encoder.index_spec()
         # Snapshot + replay of newer rows; its rebuild thread runs at the ingestion niceness.
         self.live = LiveIndex.open(s.index_path, spec, s.index, background_nice=s.ingest.nice)
         self.live.start_refresh(s.index.refresh_s)
@@ -262,6 +263,8 @@ class Service:
             body["dtypes"] = {"generator": self.generator_dtype.describe()}
             if self.encoder_dtype is not None:
                 body["dtypes"]["encoder"] = self.encoder_dtype.describe()
+            if self.encoder_backend is not None:
+                body["encoder_backend"] = self.encoder_backend.describe()
         body["budgets_ms"] = self.settings.budget.as_dict()
         body["budget_sources"] = self.budget_sources
         if self.readiness is not None:

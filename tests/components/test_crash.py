@@ -18,7 +18,6 @@ from rag_service.config import IndexSettings
 from rag_service.domain import Document
 from rag_service.embedding.encoder import Encoder
 from rag_service.index.live import LiveIndex
-from rag_service.index.snapshot import IndexSpec
 from rag_service.ingestion.corpus import read_jsonl
 from tests.support.inspection import live_ids, live_vector_ids, text_row_ids, vector_ids
 from tests.support.paths import REPO, scifact_dir
@@ -51,7 +50,7 @@ def _acked(ack: Path) -> list[str]:
 
 def _check(index: Path, encoder: Encoder, docs: dict[str, Document], must_have: list[str]) -> int:
     """Every acknowledged document is stored once and found first by its own text; no vector twice."""
-    live = LiveIndex.open(index, IndexSpec(encoder.model_id, encoder.dimension), IndexSettings())
+    live = LiveIndex.open(index, encoder.index_spec(), IndexSettings())
     try:
         ids = vector_ids(live).tolist()
         assert len(ids) == len(set(ids)), "a vector is in the graph twice after the restart"

@@ -16,7 +16,6 @@ from rag_service.config import RetrieverSettings, Settings
 from rag_service.domain import Document, Hit
 from rag_service.embedding.encoder import Encoder
 from rag_service.index.live import LiveIndex
-from rag_service.index.snapshot import IndexSpec
 from rag_service.ingestion.ingestor import Ingestor, chunker_for, open_or_create
 from rag_service.prompting.prompt import PromptBuilder
 from rag_service.retrieval.passages import DENSE, LEXICAL, PassageSearch
@@ -95,7 +94,7 @@ def test_an_older_database_gets_its_text_index_on_open(
     db.execute("DROP TABLE chunk_fts")
     db.commit()
     db.close()
-    live = LiveIndex.open(folder, IndexSpec(encoder.model_id, encoder.dimension), settings.index)
+    live = LiveIndex.open(folder, encoder.index_spec(), settings.index)
     try:
         assert len(_consistent(live.store)) == 3
         assert _lexical_docs(live.store, live, "bicycle pedals") == ["bike"]
@@ -124,7 +123,7 @@ def test_a_late_text_search_is_interrupted_inside_sqlite(tmp_path: Path) -> None
 def retriever(
     settings: Settings, encoder: Encoder, prompts: PromptBuilder, default_index_dir: Path
 ) -> Iterator[PassageSearch]:
-    spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
+    spec = encoder.index_spec()
     live = LiveIndex.open(default_index_dir, spec, settings.index)
     yield PassageSearch(live, prompts, RetrieverSettings(candidates=50))
     live.close()

@@ -45,7 +45,7 @@ def _exact_top(doc_vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> np
 
 
 def _spec(encoder: Encoder) -> IndexSpec:
-    return IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
+    return encoder.index_spec()
 
 
 def test_hnsw_recall_at_10_against_exact(

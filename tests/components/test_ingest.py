@@ -351,7 +351,7 @@ def test_index_from_another_encoder_is_refused_and_reindex_fixes_it(
     store.write([DocumentWrite(d, [d.text[:200]], rng.standard_normal((1, 768))) for d in corpus[:3]])
     store.close()
     settings = _settings()
-    spec = IndexSpec(encoder=encoder.model_id, dimension=encoder.dimension)
+    spec = encoder.index_spec()
     with pytest.raises(IndexUnavailable) as err:
         LiveIndex.open(folder, spec, settings.index)
     assert err.value.code == "index_encoder_mismatch"
@@ -450,7 +450,7 @@ def test_cli_ingest_folder_resumes_and_refuses_bad_input_whole(tmp_path: Path, e
     again = _cli("ingest", str(folder), "--index-dir", str(index))
     assert again.returncode == 0 and "0 new or changed" in again.stdout and "2 unchanged" in again.stdout
 
-    live = LiveIndex.open(index, IndexSpec(encoder.model_id, encoder.dimension), IndexSettings())
+    live = LiveIndex.open(index, encoder.index_spec(), IndexSettings())
     assert _top_doc(live, encoder, "how do I boil water for tea?")[0] == "kettle.md"
     assert live.store.stats()["documents"] == 2
     live.close()
@@ -466,7 +466,7 @@ def test_old_format_folder_is_refused_then_rebuilt_by_build_index(
     (old / "index.faiss").write_bytes(b"old")
     assert index_state(old) == "old"
     with pytest.raises(IndexUnavailable, match=r"old format.*build-index"):
-        LiveIndex.open(old, IndexSpec(encoder.model_id, encoder.dimension), IndexSettings())
+        LiveIndex.open(old, encoder.index_spec(), IndexSettings())
 
     small = tmp_path / "small.jsonl"
     small.write_text("".join(json.dumps({"_id": d.id, "text": d.text[:300]}) + "\n" for d in corpus[:3]))

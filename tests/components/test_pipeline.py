@@ -20,7 +20,6 @@ from rag_service.config import BudgetSettings, Settings
 from rag_service.embedding.encoder import Encoder
 from rag_service.errors import DeadlineExceeded
 from rag_service.index.live import LiveIndex
-from rag_service.index.snapshot import IndexSpec
 from rag_service.ingestion.corpus import python_reference_topics
 from rag_service.ingestion.ingestor import Ingestor, chunker_for, open_or_create
 from rag_service.pipeline.pipeline import Pipeline, SearchResult
@@ -121,7 +120,7 @@ def test_a_failing_full_text_index_falls_back_to_the_dense_list(
     """A real database error (the FTS5 table is gone), not a simulated one."""
     folder = tmp_path / "broken"
     shutil.copytree(default_index_dir, folder)
-    live = LiveIndex.open(folder, IndexSpec(encoder.model_id, encoder.dimension), settings.index)
+    live = LiveIndex.open(folder, encoder.index_spec(), settings.index)
     try:
         db = sqlite3.connect(live.store.path)
         db.execute(f"DROP TABLE {FTS_TABLE}")

@@ -60,9 +60,11 @@ def test_concurrent_questions_share_one_forward_pass(encoder) -> None:
     vectors = asyncio.run(run())
     assert [len(b) for b in delayed.batches] == [1, len(QUESTIONS) - 1]
     assert sizes == [1, len(QUESTIONS) - 1]
-    alone = encoder.encode_queries(QUESTIONS)
+    alone = [encoder.encode_queries([q])[0] for q in QUESTIONS]
+    # int8 activations are quantized per batch: a vector moves slightly with its batch mates.
+    floor = 0.98 if encoder.quantization == "int8-dynamic" else 0.999
     for got, expected in zip(vectors, alone, strict=True):
-        assert float(np.dot(got, expected)) > 0.999  # same vectors as encoding each on its own
+        assert float(np.dot(got, expected)) > floor  # the vectors of encoding each on its own
 
 
 def test_batch_size_is_capped(encoder) -> None:
