@@ -68,3 +68,27 @@ def test_dockerfile_installs_the_way_the_readme_does() -> None:
     assert "pip install -r" not in dockerfile, "install through `make install` only"
     readme = (REPO / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
+
+
+def test_edge_service_runs_the_measured_edge_profile() -> None:
+    """The rag-edge compose service has exactly the settings benchmarks/edge_profile.py measured."""
+    from benchmarks.edge_profile import EDGE_PROFILE
+    from rag_service.config import Settings
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    edge = compose["services"]["rag-edge"]
+    assert edge["profiles"] == ["edge"]
+    environment = {k: str(v) for k, v in edge["environment"].items() if not k.startswith("RAG_SERVER__")}
+    assert environment == EDGE_PROFILE
+    # Every name is a real setting (a typo would be silently ignored by pydantic-settings).
+    settings = Settings()
+    for name in EDGE_PROFILE:
+        section, field = name.removeprefix("RAG_").lower().split("__")
+        assert hasattr(getattr(settings, section), field), name
+    # And together they are valid settings (context + longest answer fit the shorter context length).
+    env = {k.removeprefix("RAG_").lower(): v for k, v in EDGE_PROFILE.items()}
+    nested: dict[str, dict[str, str]] = {}
+    for key, value in env.items():
+        section, field = key.split("__")
+        nested.setdefault(section, {})[field] = value
+    Settings.model_validate(nested)
