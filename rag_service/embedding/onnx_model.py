@@ -28,6 +28,7 @@ class OnnxSentenceModel:
         if manifest is None:
             raise ValueError(f"{folder} holds no ONNX export: run `rag-service prepare-models`")
         self.manifest: dict[str, Any] = manifest
+        self.folder = folder
         self.dimension = int(manifest["dimension"])
         self.max_seq_length = int(manifest["max_seq_length"])
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))

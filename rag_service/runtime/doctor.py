@@ -39,6 +39,7 @@ def machine_lines() -> list[str]:
 
 
 def settings_lines(settings: Settings) -> list[str]:
+    from rag_service.embedding.encoder import resolve_backend
     from rag_service.runtime.hardware import (
         cuda_bf16,
         cuda_devices,
@@ -46,7 +47,6 @@ def settings_lines(settings: Settings) -> list[str]:
         generator_dtype,
         torch_device,
     )
-    from rag_service.embedding.encoder import resolve_backend
     from rag_service.runtime.preload import preload_state
 
     gpus = cuda_devices()

@@ -150,3 +150,36 @@ def test_an_index_of_another_model_is_version_skew(backend: Encoder) -> None:
     other = IndexSpec(encoder="sentence-transformers/all-mpnet-base-v2", dimension=768)
     with pytest.raises(IndexUnavailable, match="all-mpnet-base-v2"):
         check_spec(other.as_meta(), backend.index_spec(), Path("idx"))
+
+
+def test_reindex_converts_an_index_to_the_configured_backend(tmp_path: Path) -> None:
+    """Built by sentence-transformers, re-embedded by onnx-int8: the store and the snapshot manifest
+    then say so, and the converted index still finds the right topic."""
+    from rag_service.config import Settings
+    from rag_service.index.live import LiveIndex
+    from rag_service.index.snapshot import read_manifest
+    from rag_service.ingestion.build import build_index, stored_documents
+    from rag_service.ingestion.corpus import python_reference_topics
+    from rag_service.storage.store import DocumentStore
+
+    folder, settings = tmp_path / "idx", Settings()
+    docs = [d for d in python_reference_topics() if d.id in ("pyref:break", "pyref:global", "pyref:lambda")]
+    build_index(docs, Encoder(EncoderSettings(backend="torch")), settings, folder, progress=False)
+    store = DocumentStore.open(folder)
+    assert (store.meta()["encoder_backend"], store.meta()["quantization"]) == ("torch", "none")
+    store.close()
+
+    int8 = Encoder(EncoderSettings(backend="onnx-int8"))
+    build_index(stored_documents(folder), int8, settings, folder, progress=False)
+    store = DocumentStore.open(folder)
+    meta = store.meta()
+    store.close()
+    assert (meta["encoder_backend"], meta["quantization"]) == ("onnx-int8", "int8-dynamic")
+    manifest = read_manifest(folder)
+    assert (manifest["encoder_backend"], manifest["quantization"]) == ("onnx-int8", "int8-dynamic")
+    live = LiveIndex.open(folder, int8.index_spec(), settings.index)
+    try:
+        hits = live.search(int8.encode_queries(["How do I leave a loop early?"])[0], 1)
+        assert hits[0].passage.doc_id == "pyref:break"
+    finally:
+        live.close()
