@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -27,6 +28,22 @@ def http_status(url: str) -> int | None:
         return int(exc.code)
     except (urllib.error.URLError, OSError):
         return None
+
+
+def _readiness(url: str) -> str | None:
+    """``/readyz``'s status field (``loading``, ``ready``, ``failed``...), None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    except (urllib.error.URLError, OSError):
+        return None
+    try:
+        status = json.loads(body).get("status")
+    except (ValueError, AttributeError):
+        return None
+    return str(status) if status is not None else None
 
 
 def free_port() -> int:
@@ -83,6 +100,8 @@ def server(
 def _wait_ready(url: str, proc: subprocess.Popen[bytes] | None, log_path: Path) -> None:
     started = time.monotonic()
     while http_status(f"{url}/readyz") != 200:
+        if _readiness(url) == "failed":  # a start that failed for good (a bad setting): stop waiting
+            raise SystemExit(f"the server at {url} failed to start; see {log_path}")
         if proc is not None and proc.poll() is not None:
             raise SystemExit(f"the server exited with {proc.returncode}; see {log_path}")
         if time.monotonic() - started > READY_TIMEOUT_S:

@@ -102,8 +102,13 @@ class GeneratorSettings(BaseModel):
     temperature: float = Field(
         0.0, ge=0.0, le=2.0, description="Sampling temperature when a request does not say."
     )
-    kv_cache_gib: float = Field(
-        1.0, gt=0, description="KV-cache memory for vLLM on CPU, in GiB (VLLM_CPU_KVCACHE_SPACE)."
+    kv_cache_gib: int = Field(
+        1,
+        ge=1,
+        description=(
+            "KV-cache memory for vLLM on CPU, in whole GiB (VLLM_CPU_KVCACHE_SPACE: vLLM reads an "
+            "integer, and a fraction failed its engine start)."
+        ),
     )
     cpu_threads_bind: str = Field(
         "all",

@@ -44,7 +44,7 @@ class Generator(Protocol):
 
 def configure_vllm_environment(settings: GeneratorSettings) -> None:
     """vLLM's CPU backend reads these at import/start time, so set them before the engine exists."""
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{settings.kv_cache_gib:g}"
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
     bind = settings.cpu_threads_bind
     if bind == "all":
         bind = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
