@@ -31,9 +31,9 @@ class BackendChoice:
 
 
 def resolve_backend(requested: str, device: str) -> BackendChoice:
-    """``auto``: on the CPU ``onnx-int8`` (measured 5-8x faster than sentence-transformers for one
-    question at an nDCG@10 within 0.005 of float32 on every shared dataset; BENCHMARKS.md), on a GPU
-    ``torch`` (ONNX Runtime's CPU build would leave the GPU idle)."""
+    """``auto``: on the CPU ``onnx-int8`` (measured 3.9-5.2x faster than sentence-transformers fp32
+    for one question; nDCG@10 within 0.002 on SQuAD and PubMedQA, 0.006-0.009 lower on SciFact;
+    BENCHMARKS.md), on a GPU ``torch`` (ONNX Runtime's CPU build would leave the GPU idle)."""
     if requested == "auto":
         if device == "cuda":
             return BackendChoice(requested, "torch", "GPU: sentence-transformers on the GPU")

@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from rag_service.config import Settings
 from rag_service.index.snapshot import read_manifest
 from rag_service.storage.store import DocumentStore
+from tests.support.paths import REPO
 
 SERVER_START_TIMEOUT_S = 420
 
@@ -69,6 +70,8 @@ def start_server(
         **os.environ,
         "RAG_SERVER__PORT": str(port),
         "RAG_GENERATOR__MODEL": settings.generator.model,
+        # The encoder's ONNX exports of the checkout (prepare-models), not a fresh export per server.
+        "RAG_ENCODER__ONNX_DIR": str(REPO / "models" / "encoders"),
         "RAG_INDEX__DIR": str(index_dir),
         "RAG_INDEX__NAME": settings.index.name,
         **env,
