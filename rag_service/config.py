@@ -57,8 +57,8 @@ class EncoderSettings(BaseModel):
         "auto",
         description=(
             "What computes the vectors: torch (sentence-transformers), onnx (ONNX Runtime, float32) or "
-            "onnx-int8 (int8 weights). auto = onnx-int8 on the CPU (measured 3.9-5.2x faster per "
-            "question than torch fp32; nDCG@10 up to 0.009 lower on SciFact), torch on a GPU. The "
+            "onnx-int8 (int8 weights). auto = torch: onnx-int8 measured 3.9-5.2x faster per question "
+            "but up to 0.009 lower nDCG@10 on SciFact; onnx 2.3x with float32's vectors. The "
             "ONNX exports are built by `rag-service prepare-models` (or on first use) into onnx_dir."
         ),
     )

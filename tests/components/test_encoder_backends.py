@@ -117,6 +117,7 @@ def test_a_stale_export_is_rebuilt_on_load(tmp_path: Path) -> None:
     source = Path(resolve_encoder_path(EncoderSettings().model))
     variant = OnnxVariant("onnx")
     folder = export_folder(tmp_path, "m", variant)
+    ensure_export(source, EncoderSettings().model, Path(EncoderSettings().onnx_dir), variant)
     shutil.copytree(export_folder(Path(EncoderSettings().onnx_dir), EncoderSettings().model, variant), folder)
     assert stale_reason(json.loads((folder / MANIFEST_FILE).read_text()), source, variant) is None
     manifest = json.loads((folder / MANIFEST_FILE).read_text())

@@ -121,14 +121,10 @@ def test_probes_agree_with_this_machine() -> None:
 
 
 def test_auto_encoder_runs_where_the_probe_says(encoder: Encoder) -> None:
-    """auto: sentence-transformers in float16 on a GPU, int8 ONNX Runtime on the CPU."""
+    """auto: sentence-transformers, in float16 on a GPU, on the CPU in bf16 where native."""
     assert encoder.device == ("cuda" if HAS_CUDA else "cpu")
-    assert (encoder.backend, encoder.dtype) == (("torch", "float16") if HAS_CUDA else ("onnx-int8", "int8"))
-
-
-def test_auto_torch_encoder_dtype_follows_the_cpu() -> None:
     expected = "float16" if HAS_CUDA else ("bfloat16" if cpu_features().native_bf16 else "float32")
-    assert Encoder(EncoderSettings(backend="torch")).dtype == expected
+    assert (encoder.backend, encoder.dtype) == ("torch", expected)
 
 
 def test_half_precision_encoder_stays_close_and_normalized() -> None:
