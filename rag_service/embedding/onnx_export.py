@@ -36,6 +36,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from rag_service.generation.model_prep import sha256
+
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
@@ -171,7 +173,7 @@ def export(model_path: Path, model_id: str, folder: Path, variant: OnnxVariant) 
             "source": model_id,
             "source_path": str(model_path),
             "source_sha256": source_hash(model_path),
-            "model_sha256": _file_hash(staging / MODEL_FILE),
+            "model_sha256": sha256(staging / MODEL_FILE),
             "dimension": int(st.get_embedding_dimension() or 0),
             "max_seq_length": int(st.max_seq_length or 0),
             "opset": OPSET,
@@ -250,11 +252,3 @@ def _fuse(source: Path, out: Path, st: Any) -> dict[str, int]:
     )
     model.save_model_to_file(str(out))
     return {op: n for op, n in model.get_fused_operator_statistics().items() if n}
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -26,17 +26,14 @@ MODULES = (
     "torch",
     "transformers",
     "sentence_transformers",
-    # The ONNX encoder backends: the runtime, and what an export on first use needs.
-    "onnx",
-    "onnxruntime",
-    "onnxruntime.quantization",
-    "onnxruntime.transformers.optimizer",
     "vllm",
     "vllm.engine.arg_utils",
     "vllm.v1.engine.async_llm",
     "vllm.sampling_params",
     "vllm.inputs",
 )
+# The ONNX encoder backends (opt-in, ~1 s to import): the runtime, and what an export on first use needs.
+ONNX_MODULES = ("onnx", "onnxruntime", "onnxruntime.quantization", "onnxruntime.transformers.optimizer")
 # Lazy names of transformers that the encoder, the prompt tokenizer and vLLM's engine start resolve.
 TRANSFORMERS_NAMES = (
     "PreTrainedConfig",
@@ -53,14 +50,14 @@ TRANSFORMERS_NAMES = (
 )
 
 
-def import_heavy_libraries() -> float:
+def import_heavy_libraries(*, onnx: bool = False) -> float:
     """Imports every module and lazy name above (idempotent, thread-safe); returns the seconds spent."""
     global _DONE
     started = time.perf_counter()
     with _LOCK:
         if _DONE:
             return 0.0
-        for name in MODULES:
+        for name in (*MODULES, *(ONNX_MODULES if onnx else ())):
             try:
                 importlib.import_module(name)
             except ImportError as exc:  # an optional part (vLLM on a machine without it): say so

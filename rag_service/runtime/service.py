@@ -107,7 +107,8 @@ class Service:
             # One thread first: the heavy imports, then everything that touches transformers (encoder,
             # prompt tokenizer), never from two threads at once (heavy_imports.py). Then the engine
             # start, the long pole (tens of seconds), beside the index load, which needs no transformers.
-            await asyncio.to_thread(import_heavy_libraries)
+            onnx = self.settings.encoder.backend in ("onnx", "onnx-int8")
+            await asyncio.to_thread(import_heavy_libraries, onnx=onnx)
             self.resolve_hardware()
             encoder, prompts = await asyncio.to_thread(self._load_encoder)
             generator_task = asyncio.create_task(
