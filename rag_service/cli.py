@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rag_service.config import DEFAULT_GENERATOR, Settings, get_settings
+from rag_service.generation.model_prep import GENERATORS
 from rag_service.runtime.calibration import DEFAULT_RECORD
 
 log = logging.getLogger("rag_service")
@@ -32,13 +33,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_prepare_models(settings: Settings, args: argparse.Namespace) -> int:
     from rag_service.embedding.encoder import Encoder
-    from rag_service.generation.model_prep import prepare_generator
+    from rag_service.generation.model_prep import prepare_generator, weights_for
 
-    model = settings.generator.model
-    if Path(model).resolve() == Path(DEFAULT_GENERATOR).resolve():
-        prepare_generator(Path(model), force=args.force)
+    model = Path(settings.generator.model)
+    if args.generator:
+        folder = Path(DEFAULT_GENERATOR).parent / args.generator
+        prepare_generator(folder, GENERATORS[args.generator], force=args.force)
+        if folder.resolve() != model.resolve():
+            print(f"to serve it: RAG_GENERATOR__MODEL={folder} (in .env or the environment)", flush=True)
+    elif weights_for(model) is not None:
+        prepare_generator(model, force=args.force)
     else:
-        print(f"generator {model!r} is not the built-in SmolLM2 folder: nothing to prepare", flush=True)
+        print(f"generator {str(model)!r} is not one prepare-models makes: nothing to prepare", flush=True)
     encoder = Encoder(settings.encoder)  # loads (and so checks) the encoder weights
     print(f"encoder ready: {encoder.model_id} ({encoder.dimension} dimensions)", flush=True)
     return 0
@@ -250,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare-models", help="convert the generator weights once (offline), check the encoder"
     )
     prep.add_argument("--force", action="store_true", help="convert again even if the folder is ready")
+    prep.add_argument(
+        "--generator",
+        choices=sorted(GENERATORS),
+        help="prepare this generator into models/<name> (default: the configured RAG_GENERATOR__MODEL)",
+    )
     prep.set_defaults(func=cmd_prepare_models)
 
     build = sub.add_parser("build-index", help="build the served index if it is absent")

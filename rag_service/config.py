@@ -136,9 +136,25 @@ class GeneratorSettings(BaseModel):
     )
     system_prompt: str = Field(
         "You answer questions using only the numbered passages given. Answer in one or two sentences. "
-        "If the passages do not contain the answer, say that you do not know.",
-        description="System message placed before the passages and the question.",
+        "If the passages do not contain the answer, reply exactly: {abstain_phrase}",
+        description=(
+            "System message placed before the passages and the question; {abstain_phrase} is replaced by "
+            "abstain_phrase."
+        ),
     )
+    abstain_phrase: str = Field(
+        "Not in the documents.",
+        min_length=1,
+        description=(
+            "What the model is told to reply when the passages do not hold the answer; an answer saying "
+            "it (or another plain abstention) is marked grounded: false, grounded_reason: model_abstained."
+        ),
+    )
+
+    @property
+    def rag_instruction(self) -> str:
+        """The system prompt as the model reads it."""
+        return self.system_prompt.replace("{abstain_phrase}", self.abstain_phrase)
 
 
 class IndexSettings(BaseModel):

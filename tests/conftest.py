@@ -80,7 +80,7 @@ def encoder(settings: Settings):
 def prompts(settings: Settings):
     from rag_service.prompting.prompt import PromptBuilder
 
-    return PromptBuilder.from_model(settings.generator.model, settings.generator.system_prompt)
+    return PromptBuilder.from_model(settings.generator.model, settings.generator.rag_instruction)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ from typing import Any
 from rag_service.domain import Hit, SearchOutcome
 from rag_service.pipeline.pipeline import Answer
 
+NOT_JUDGED = {"grounded": None, "grounded_reason": None}
+
 
 def source(hit: Hit) -> dict[str, Any]:
     """A passage as the API shows it; ``retrievers``: its rank in each retriever's list, e.g.
@@ -47,6 +49,9 @@ def rag_fields(answer: Answer, **context_extra: Any) -> dict[str, Any]:
         "degraded": answer.degraded,
         "degraded_reason": answer.degraded_reason,
         "cached": answer.cached,  # reused from the answer cache, not generated for this request
+        # Whether the passages support the answer: false with the reason (prompting/grounding.py),
+        # null without retrieval (plain chat).
+        **(answer.grounding.describe() if answer.grounding else NOT_JUDGED),
     }
 
 

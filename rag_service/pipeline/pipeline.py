@@ -57,6 +57,7 @@ from rag_service.embedding.query_batcher import QueryBatcher
 from rag_service.errors import DeadlineExceeded
 from rag_service.generation.generator import Generator
 from rag_service.pipeline.budgets import Deadline, RequestTimer, Stage
+from rag_service.prompting.grounding import Grounding, judge
 from rag_service.prompting.plans import PromptPlan, plan_question
 from rag_service.retrieval.passages import DENSE, LEXICAL, PassageSearch
 from rag_service.runtime.metrics import Metrics
@@ -133,6 +134,8 @@ class Answer:
     # The text exactly as generated, what a stream's deltas add up to; `text` is it stripped. A text
     # completion continues its prompt, so its leading space is part of the answer (" Paris.").
     generated: str = ""
+    # Whether the passages support it (prompting/grounding.py); None without passages by design.
+    grounding: Grounding | None = None
 
 
 @dataclass(slots=True)
@@ -430,9 +433,15 @@ class Pipeline:
         *,
         cached: bool = False,
     ) -> Answer:
+        text = raw_text.strip()
+        grounding = (
+            judge(text, len(context.hits), self.settings.generator.abstain_phrase)
+            if req.plan.with_passages
+            else None
+        )
         answer = Answer(
             req.request_id,
-            raw_text.strip(),
+            text,
             context,
             usage,
             timer.finish(),
@@ -442,6 +451,7 @@ class Pipeline:
             retrieval=found,
             cached=cached,
             generated=raw_text,
+            grounding=grounding,
         )
         log.info(
             "answered %s%s: %s ms, %d context + %d prompt tokens, %d generated (%s)%s",

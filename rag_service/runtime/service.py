@@ -197,7 +197,7 @@ class Service:
         encoder = Encoder(encoder_settings)
         self.encoder_dtype = encoder.dtype_choice
         self.encoder_backend = encoder.backend_choice
-        return encoder, PromptBuilder.from_model(s.generator.model, s.generator.system_prompt)
+        return encoder, PromptBuilder.from_model(s.generator.model, s.generator.rag_instruction)
 
     def _load_index(self, encoder: Encoder, prompts: PromptBuilder) -> PassageSearch:
         s = self.settings

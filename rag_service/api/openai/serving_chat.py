@@ -82,7 +82,7 @@ def chat_request(
     plan = plan_conversation(
         pipeline.prompts,
         conversation(body.messages),
-        system_prompt=gen.system_prompt,
+        system_prompt=gen.rag_instruction,
         retrieve=rag is None or rag.retrieval,
         max_model_len=gen.max_model_len,
         max_tokens=max_tokens,
