@@ -142,16 +142,23 @@ def share(flags: Sequence[bool | float]) -> float:
     return round(float(np.mean(flags)), 4) if flags else float("nan")
 
 
-def squad_rows(n_answerable: int, n_abstain: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Answerable questions spread over the split, and abstention questions whose gold paragraphs
-    are none of the answerable ones' (they are deleted before the abstention questions are asked)."""
+def squad_rows(
+    n_answerable: int, n_abstain: int, n_fresh: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Answerable questions spread over the split; abstention questions whose gold paragraphs are none
+    of the answerable ones' (they are deleted before the abstention questions are asked); and fresh
+    questions for the concurrent run, asked nowhere else (a repeated prompt would be served from
+    vLLM's prefix cache)."""
     rows = [json.loads(line) for line in (SHARED / "squad-v1.1-dev" / "qa.jsonl").open() if line.strip()]
     answerable = spread(rows, n_answerable)
     used = {d for r in answerable for d in r["doc_ids"]}
     rest = [r for r in rows if not used & set(r["doc_ids"])]
     # One question per paragraph: deleting a paragraph then removes the answer of exactly one question.
     one_each = list({r["doc_ids"][0]: r for r in rest}.values())
-    return answerable, spread(one_each, n_abstain)
+    abstain = spread(one_each, n_abstain) if n_abstain else []
+    taken = {r["id"] for r in abstain}
+    fresh = spread([r for r in rest if r["id"] not in taken][1::2], n_fresh) if n_fresh else []
+    return answerable, abstain, fresh
 
 
 def run_squad(client: httpx.Client, rows: list[dict[str, Any]], *, baseline: bool) -> dict[str, Any]:
@@ -360,7 +367,7 @@ def main() -> int:
         "cpus": len(os.sched_getaffinity(0)),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    answerable, abstain = squad_rows(args.squad, args.abstain)
+    answerable, abstain, fresh = squad_rows(args.squad, args.abstain, args.concurrent_requests)
 
     build_index("squad-v1.1-dev", SHARED / "squad-v1.1-dev" / "corpus.jsonl", index_dir)
     copy_index(index_dir / "squad-v1.1-dev", work / "squad-v1.1-dev")
@@ -370,7 +377,7 @@ def main() -> int:
         httpx.Client(base_url=url, timeout=600) as client,
     ):
         squad = run_squad(client, answerable, baseline=not args.no_baseline)
-        questions = [r["question"] for r in answerable[: args.concurrent_requests]]
+        questions = [r["question"] for r in fresh]
         result["concurrent"] = asyncio.run(concurrent_run(url, questions, args.concurrency))
         result["abstain"] = run_abstain(client, abstain) if abstain else None
     result["squad"] = squad

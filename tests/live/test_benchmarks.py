@@ -213,3 +213,20 @@ def test_answer_cache_benchmark_smoke(live_server: LiveServer, tmp_path: Path) -
     assert on["all"]["total"]["n"] == on["answered"] and on["all"]["client_end_to_end"]["p50"] > 0
     misses = on["misses"]["generate"]
     assert misses is None or misses["n"] == on["answered"] - round(on["hit_rate"] * on["answered"])
+
+
+@pytest.mark.vllm
+def test_answers_benchmark_smoke(tmp_path: Path) -> None:
+    for name in ("squad-v1.1-dev", "pubmedqa-pqal"):
+        if not (SHARED_DATA / name / "qa.jsonl").is_file():
+            pytest.skip(f"shared evaluation data not found at {SHARED_DATA / name} (set RAG_SHARED_DATA)")
+    args = ["--squad", "2", "--abstain", "1", "--pubmed", "0", "--concurrent-requests", "2"]
+    result = _bench("answers", *args, "--label", "smoke", "--out", str(tmp_path))
+    assert "extractive upper bound" in result.stdout
+    record = json.loads((tmp_path / "smoke" / "answers.json").read_text())
+    squad = record["squad"]["summary"]
+    assert squad["questions"] == 2 and 0 <= squad["contains"] <= 1
+    assert 0 <= squad["extractive_upper_bound"] <= 1
+    assert 0 <= squad["no_retrieval"]["f1"] <= 1 and squad["latency"]["p50_s"] > 0
+    assert record["abstain"]["summary"]["questions"] == 1 and record["concurrent"]["requests"] == 2
+    assert record["cpu"] and record["isa"]
