@@ -38,8 +38,8 @@ $(BENCH_STAMP): $(STAMP)
 models: install
 	$(BIN)/rag-service prepare-models
 
-# The suite's generators, whatever the configured one: SmolLM2 (every live test) and Qwen 0.5B
-# (tests/live/test_generators.py).
+# The suite's generators, whatever the configured one (auto: Qwen 1.5B or 0.5B, see README): SmolLM2
+# (every live test) and Qwen 0.5B (tests/live/test_generators.py).
 test-models: install
 	$(BIN)/rag-service prepare-models --generator smollm2-135m-instruct
 	$(BIN)/rag-service prepare-models --generator qwen2.5-coder-0.5b-instruct
@@ -136,9 +136,10 @@ bench: index test-models $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.retrieval
 	$(BIN)/python -m benchmarks.generation
 	$(BIN)/rag-service prepare-models --generator qwen2.5-coder-1.5b-instruct
-	$(BIN)/python -m benchmarks.answers --generator models/smollm2-135m-instruct
-	$(BIN)/python -m benchmarks.answers --generator models/qwen2.5-coder-0.5b-instruct
-	$(BIN)/python -m benchmarks.answers --generator models/qwen2.5-coder-1.5b-instruct --squad 30 --abstain 15 --pubmed 20 --no-baseline
+	$(BIN)/python -m benchmarks.answers --generator models/smollm2-135m-instruct --squad 100 --abstain 40
+	$(BIN)/python -m benchmarks.answers --generator models/qwen2.5-coder-0.5b-instruct --squad 100 --abstain 40 --no-baseline
+	$(BIN)/python -m benchmarks.answers --generator models/qwen2.5-coder-1.5b-instruct --squad 100 --abstain 40 --pubmed 20 --no-baseline
+	$(BIN)/python -m benchmarks.compare_answers smollm2-135m-instruct qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
 	$(BIN)/python -m benchmarks.end_to_end
 	$(BIN)/python -m benchmarks.query_batching --threads 1
 	$(BIN)/python -m benchmarks.overload

