@@ -1,5 +1,5 @@
-"""``rag-service`` command line: serve, prepare-models, build-index, calibrate, doctor, ingest, reindex,
-compact, env-example."""
+"""``rag-service`` command line: serve, serve-ray, prepare-models, build-index, calibrate, doctor, ingest,
+reindex, compact, env-example."""
 
 from __future__ import annotations
 
@@ -29,6 +29,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     app = build_app(settings)
     uvicorn.run(app, host=host, port=port, log_level=settings.server.log_level, timeout_graceful_shutdown=10)
     return 0
+
+
+def cmd_serve_ray(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        from rag_service.scaling.launch import serve_ray
+    except ImportError as exc:
+        print(f"error: {exc}; install the ray extra: pip install -e '.[ray]'", file=sys.stderr, flush=True)
+        return 2
+    return serve_ray(Path(args.config), port=args.port, num_cpus=args.num_cpus)
 
 
 def cmd_prepare_models(settings: Settings, args: argparse.Namespace) -> int:
@@ -251,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override RAG_SERVER__HOST")
     serve.add_argument("--port", type=int, help="override RAG_SERVER__PORT")
     serve.set_defaults(func=cmd_serve)
+
+    ray = sub.add_parser(
+        "serve-ray", help="run the Ray Serve application on a local Ray cluster (README, Scaling out)"
+    )
+    ray.add_argument("--config", default="deploy/serve.yaml", help="Serve config file")
+    ray.add_argument("--port", type=int, help="override the config's HTTP port")
+    ray.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray cluster")
+    ray.set_defaults(func=cmd_serve_ray)
 
     prep = sub.add_parser(
         "prepare-models", help="convert the generator weights once (offline), check the encoder"

@@ -228,7 +228,16 @@ class IndexSettings(BaseModel):
         ge=0,
         description=(
             "How often a running server picks up rows written to its database by another process "
-            "(`rag-service ingest` without --server); 0 = never."
+            "(`rag-service ingest` without --server), and how often a Ray Serve replica pulls the "
+            "writer's changes; 0 = never."
+        ),
+    )
+    min_seq_wait_ms: float = Field(
+        5000,
+        ge=0,
+        description=(
+            "Longest a request with X-Rag-Min-Seq waits for this process to apply that write (a Ray Serve "
+            "replica pulling from the writer) before 503 replica_behind."
         ),
     )
 

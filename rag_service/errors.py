@@ -53,6 +53,14 @@ class IndexUnavailable(RagError):
     code = "index_unavailable"
 
 
+class ReplicaBehind(RagError):
+    """A request named a sequence number (``X-Rag-Min-Seq``) this replica had not applied in time."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "replica_behind"
+
+
 class GenerationFailed(RagError):
     status = 502
     type = "generation_error"

@@ -21,13 +21,15 @@ from rag_service.config import Settings
 from rag_service.runtime.service import Service
 
 
-def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
+def build_app(settings: Settings, service: Service | None = None, *, start: bool = True) -> FastAPI:
+    """``start=False``: the caller started ``service`` already (a Ray Serve replica warms up before Serve
+    routes to it); the app still stops it at shutdown."""
     service = service or Service(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Start loading in the background: /healthz answers now, /readyz once warmed up.
-        starting = asyncio.create_task(service.start())
+        starting = asyncio.create_task(service.start() if start else asyncio.sleep(0))
         try:
             yield
         finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from rag_service.errors import InvalidRequest
+from rag_service.errors import InvalidRequest, ReplicaBehind
 from rag_service.pipeline.budgets import Deadline
 from rag_service.pipeline.pipeline import Pipeline
 from rag_service.runtime.service import Service
@@ -13,6 +13,7 @@ from rag_service.testing.faults import HEADER as FAULT_HEADER
 from rag_service.testing.faults import FaultDelays, delayed
 
 DEADLINE_HEADER = "x-deadline-ms"
+MIN_SEQ_HEADER = "x-rag-min-seq"
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 64
 
@@ -20,6 +21,30 @@ MAX_STOP_CHARS = 64
 def service_of(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
+
+
+async def read_your_writes(request: Request) -> None:
+    """``X-Rag-Min-Seq: <seq>`` (the ``seq`` a write returned): answer only from an index that has applied
+    it. One process always has its own writes; a Ray Serve replica pulls from the writer at once and
+    waits up to ``RAG_INDEX__MIN_SEQ_WAIT_MS``, then answers 503 ``replica_behind``."""
+    header = request.headers.get(MIN_SEQ_HEADER)
+    service = service_of(request)
+    if header is None or service.index is None:  # not ready: the route itself answers 503
+        return
+    try:
+        seq = int(header)
+    except ValueError:
+        raise InvalidRequest(
+            f"{MIN_SEQ_HEADER} must be an integer sequence number", param=MIN_SEQ_HEADER
+        ) from None
+    if seq < 0:
+        raise InvalidRequest(f"{MIN_SEQ_HEADER} must not be negative", param=MIN_SEQ_HEADER)
+    wait_s = service.settings.index.min_seq_wait_ms / 1000
+    if not await service.index.wait_for(seq, wait_s):
+        raise ReplicaBehind(
+            f"this replica has applied writes up to seq {service.index.live.applied_seq}, not {seq}, "
+            f"after waiting {wait_s:g} s; retry"
+        )
 
 
 def check_limit(name: str, value: int, limit: int) -> int:

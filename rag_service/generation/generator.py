@@ -36,6 +36,10 @@ class Generator(Protocol):
     @property
     def healthy(self) -> bool: ...
 
+    @property
+    def unfinished_requests(self) -> int:
+        """Requests still running (metrics)."""
+
     async def reset_prefix_cache(self) -> None:
         """Forget cached prompt prefixes, so the next prompt pays its full prefill (readiness checks)."""
 
@@ -54,6 +58,7 @@ def configure_vllm_environment(settings: GeneratorSettings) -> None:
 class VllmGenerator:
     def __init__(self, engine: Any) -> None:
         self._engine = engine
+        self.aborted = 0  # requests stopped before their end (client gone, cancelled): tests, metrics
 
     @classmethod
     def start(cls, settings: GeneratorSettings) -> VllmGenerator:
@@ -132,6 +137,7 @@ class VllmGenerator:
                 if not finished:
                     # Closed early (client disconnect, cancellation): stop the work in the engine.
                     await self._engine.abort(request_id)
+                    self.aborted += 1
                     log.info("aborted generation %s after %d tokens", request_id, completion_tokens)
 
     async def reset_prefix_cache(self) -> None:

@@ -193,6 +193,11 @@ class LiveIndex:
             write_snapshot(self.folder, data, manifest)
             self.snapshot_seq = seq
 
+    def frozen(self) -> tuple[bytes, dict[str, Any]]:
+        """The graph and its manifest as of ``applied_seq``, in memory (a replica's bundle, bundle.py)."""
+        with self._apply_lock:
+            return self._graph.freeze(self.applied_seq)
+
     def _maybe_rebuild(self) -> None:
         s = self.settings
         tomb = self.tombstones

@@ -19,9 +19,7 @@ from rag_service.caching.reuse import AnswerReuse
 from rag_service.config import BudgetSettings, Settings
 from rag_service.embedding.encoder import BackendChoice, Encoder
 from rag_service.errors import NotReady
-from rag_service.generation.generator import Generator, VllmGenerator
-from rag_service.index.live import LiveIndex
-from rag_service.ingestion.worker import IngestWorker
+from rag_service.generation.generator import Generator
 from rag_service.pipeline.budgets import Deadline
 from rag_service.pipeline.pipeline import AnswerRequest, Pipeline
 from rag_service.prompting.prompt import PromptBuilder
@@ -29,6 +27,7 @@ from rag_service.retrieval.passages import PassageSearch
 from rag_service.runtime import readiness
 from rag_service.runtime.admission import AdmissionController
 from rag_service.runtime.calibration import budget_sources
+from rag_service.runtime.components import Components, IndexAccess
 from rag_service.runtime.gc_pauses import GcPauseWatch, freeze, thaw
 from rag_service.runtime.hardware import DtypeChoice, cpu_features, cuda_bf16, cuda_devices, generator_dtype
 from rag_service.runtime.heavy_imports import import_heavy_libraries
@@ -59,8 +58,9 @@ class State(StrEnum):
 
 
 class Service:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, components: Components | None = None) -> None:
         self.settings = settings
+        self.components = components or Components()  # in process; a Ray Serve replica passes its own
         self.state = State.STARTING
         self.reason = "loading models and index"
         self.cold_start_s: float | None = None
@@ -72,8 +72,7 @@ class Service:
         self.metrics.watch(self.metrics.in_flight, lambda: self.admission.in_flight)
         self.metrics.watch(self.metrics.queued, lambda: self.admission.queued)
         self.gc_watch = GcPauseWatch(self.metrics.gc_pause)  # from start() until stop()
-        self.live: LiveIndex | None = None  # the index the documents API writes to
-        self.ingest_worker: IngestWorker | None = None  # the documents API's writer, made with `live`
+        self.index: IndexAccess | None = None  # what the documents API reads and writes through
         self.generator_dtype: DtypeChoice | None = None  # resolved at start (hardware.py)
         self.generator_settings = settings.generator
         self.encoder_dtype: DtypeChoice | None = None
@@ -112,7 +111,7 @@ class Service:
             self.resolve_hardware()
             encoder, prompts = await asyncio.to_thread(self._load_encoder)
             generator_task = asyncio.create_task(
-                asyncio.to_thread(VllmGenerator.start, self.generator_settings)
+                asyncio.to_thread(self.components.start_generator, self.generator_settings)
             )
             try:
                 retriever = await asyncio.to_thread(self._load_index, encoder, prompts)
@@ -203,12 +202,8 @@ class Service:
 
     def _load_index(self, encoder: Encoder, prompts: PromptBuilder) -> PassageSearch:
         s = self.settings
-        spec = encoder.index_spec()
-        # Snapshot + replay of newer rows; its rebuild thread runs at the ingestion niceness.
-        self.live = LiveIndex.open(s.index_path, spec, s.index, background_nice=s.ingest.nice)
-        self.live.start_refresh(s.index.refresh_s)
-        self.ingest_worker = IngestWorker(self.live, s)  # its encoder loads on the first write
-        return PassageSearch(self.live, prompts, s.retriever)
+        self.index = self.components.open_index(s, encoder.index_spec())
+        return PassageSearch(self.index.live, prompts, s.retriever)
 
     async def _warm_up(self, pipeline: Pipeline) -> None:
         started = time.perf_counter()
@@ -293,12 +288,10 @@ class Service:
         finishes), the engine, a last index snapshot."""
         if self._pipeline is not None:
             await self._pipeline.close()
-        if self.ingest_worker is not None:
-            await asyncio.to_thread(self.ingest_worker.close)
         self.gc_watch.stop()
         if self._generator is not None:
             self._generator.shutdown()
-        if self.live is not None:
-            self.live.close()  # a last snapshot: the next start replays less
+        if self.index is not None:
+            await asyncio.to_thread(self.index.close)  # a write in progress finishes; a last snapshot
         await asyncio.sleep(0)  # the engine's shutdown cancelled its output task: let that happen
         thaw()

@@ -204,6 +204,12 @@ class DocumentStore:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The write connection, held for one caller at a time (``replication.py``)."""
+        with self._lock:
+            yield self._db
+
     # --- reading -------------------------------------------------------------------------------
 
     def meta(self) -> dict[str, str]:

@@ -167,6 +167,10 @@ class DelayedGenerator:
     def healthy(self) -> bool:
         return self._real.healthy
 
+    @property
+    def unfinished_requests(self) -> int:
+        return self._real.unfinished_requests
+
     async def reset_prefix_cache(self) -> None:
         await self._real.reset_prefix_cache()
 

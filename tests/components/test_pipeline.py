@@ -25,6 +25,7 @@ from rag_service.ingestion.ingestor import Ingestor, chunker_for, open_or_create
 from rag_service.pipeline.pipeline import Pipeline, SearchResult
 from rag_service.prompting.prompt import PromptBuilder
 from rag_service.retrieval.passages import PassageSearch
+from rag_service.runtime.components import LocalIndex
 from rag_service.runtime.service import Service
 from rag_service.storage.lexical import FTS_TABLE
 from rag_service.testing.faults import FaultDelays, delayed
@@ -167,8 +168,10 @@ def test_the_service_owns_and_stops_the_ingestion_worker(
         settings.model_copy(update={"index": settings.index.model_copy(update={"dir": tmp_path})})
     )
     service._load_index(encoder, prompts)  # what start() does once the encoder is loaded
-    worker = service.ingest_worker
-    assert worker is not None and worker.live is service.live
+    index = service.index
+    assert isinstance(index, LocalIndex)
+    worker = index.worker
+    assert worker.live is index.live
     asyncio.run(service.stop())
     with pytest.raises(RuntimeError, match="shutdown"):
         asyncio.run(worker.delete("pyref:pass"))  # its thread is gone: nothing runs after stop

@@ -16,13 +16,13 @@ from pydantic import Field, field_validator
 from rag_service.api.auth import require_api_key
 from rag_service.api.json_types import JsonBody, not_blank, text_field
 from rag_service.api.openapi import BODY, READY, errors
-from rag_service.api.params import service_of
+from rag_service.api.params import read_your_writes, service_of
 from rag_service.api.responses import OrjsonResponse
 from rag_service.domain import Document
 from rag_service.errors import InvalidRequest, NotFound
 from rag_service.index.live import LiveIndex
 from rag_service.ingestion.ingestor import validate_batch
-from rag_service.ingestion.worker import IngestWorker
+from rag_service.runtime.components import IndexAccess
 from rag_service.runtime.service import Service
 
 router = APIRouter()
@@ -43,21 +43,20 @@ class DocumentsBody(JsonBody):
     documents: list[DocumentIn] = Field(min_length=1, description="Documents to insert or replace.")
 
 
-def _live(request: Request) -> tuple[Service, LiveIndex]:
+def _index(request: Request) -> tuple[Service, IndexAccess]:
     service = service_of(request)
     service.pipeline  # noqa: B018 -- raises NotReady (503) until the service is ready
-    assert service.live is not None
-    return service, service.live
+    assert service.index is not None  # opened before the service is ready
+    return service, service.index
 
 
-def _worker(service: Service) -> IngestWorker:
-    assert service.ingest_worker is not None  # made with the live index, before the service is ready
-    return service.ingest_worker
+def _live(request: Request) -> LiveIndex:
+    return _index(request)[1].live
 
 
 @router.post("/v1/documents", dependencies=[Depends(require_api_key)], responses=errors(BODY, READY, 401))
 async def upsert_documents(body: DocumentsBody, request: Request) -> OrjsonResponse:
-    service, _ = _live(request)
+    service, index = _index(request)
     limit = service.settings.ingest.max_batch_docs
     if len(body.documents) > limit:
         raise InvalidRequest(
@@ -67,7 +66,7 @@ async def upsert_documents(body: DocumentsBody, request: Request) -> OrjsonRespo
         )
     docs = [Document(id=d.id, title=d.title, text=d.text) for d in body.documents]
     validate_batch(docs)  # duplicate ids: the whole batch is refused before anything is written
-    result = await _worker(service).upsert(docs)
+    result = await index.upsert(docs)
     return OrjsonResponse(
         {
             "upserted": result.upserted,
@@ -78,10 +77,11 @@ async def upsert_documents(body: DocumentsBody, request: Request) -> OrjsonRespo
     )
 
 
-@router.get("/v1/documents/{doc_id:path}", responses=errors(READY, 404))
+@router.get(
+    "/v1/documents/{doc_id:path}", dependencies=[Depends(read_your_writes)], responses=errors(READY, 404)
+)
 async def get_document(doc_id: str, request: Request) -> OrjsonResponse:
-    _, live = _live(request)
-    stored = live.store.get(doc_id)
+    stored = _live(request).store.get(doc_id)
     if stored is None:
         raise NotFound(f"no document with id {doc_id!r}", param="id")
     return OrjsonResponse(
@@ -100,15 +100,15 @@ async def get_document(doc_id: str, request: Request) -> OrjsonResponse:
     "/v1/documents/{doc_id:path}", dependencies=[Depends(require_api_key)], responses=errors(READY, 401, 404)
 )
 async def delete_document(doc_id: str, request: Request) -> OrjsonResponse:
-    service, _ = _live(request)
-    result = await _worker(service).delete(doc_id)
+    _, index = _index(request)
+    result = await index.delete(doc_id)
     if not result.deleted:
         raise NotFound(f"no document with id {doc_id!r}", param="id")
     return OrjsonResponse({"deleted": doc_id, "seq": result.seq})
 
 
-@router.get("/v1/index/stats", responses=errors(READY))
+@router.get("/v1/index/stats", dependencies=[Depends(read_your_writes)], responses=errors(READY))
 async def index_stats(request: Request) -> OrjsonResponse:
-    _, live = _live(request)
-    stats: dict[str, Any] = live.stats()
+    _, index = _index(request)
+    stats: dict[str, Any] = {**index.live.stats(), **index.describe()}
     return OrjsonResponse(stats)

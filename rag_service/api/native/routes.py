@@ -8,14 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from rag_service.api.bodies import retrieval_field, server_timing, source
 from rag_service.api.native.protocol import AskBody, SearchBody
 from rag_service.api.native.serving import AskStream, answer_body, ask_request
 from rag_service.api.openapi import ADMITTED, BODY, errors, event_stream
-from rag_service.api.params import check_limit, check_text, request_deadline, request_pipeline, service_of
+from rag_service.api.params import (
+    check_limit,
+    check_text,
+    read_your_writes,
+    request_deadline,
+    request_pipeline,
+    service_of,
+)
 from rag_service.api.responses import OrjsonResponse
 from rag_service.api.serving import admit, answer_once, run_admitted, sse_response, stream_answer
 from rag_service.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -52,7 +59,7 @@ async def metrics(request: Request) -> Response:
     return Response(service_of(request).metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
-@router.post("/v1/search", responses=errors(BODY, ADMITTED))
+@router.post("/v1/search", dependencies=[Depends(read_your_writes)], responses=errors(BODY, ADMITTED))
 async def search(body: SearchBody, request: Request) -> OrjsonResponse:
     service = service_of(request)
     deadline = request_deadline(request, body.deadline_ms, service)
@@ -76,6 +83,7 @@ async def search(body: SearchBody, request: Request) -> OrjsonResponse:
 
 @router.post(
     "/v1/ask",
+    dependencies=[Depends(read_your_writes)],
     response_model=None,
     responses={**event_stream("The answer, or its events with `stream`."), **errors(BODY, ADMITTED, 502)},
 )

@@ -26,7 +26,7 @@ from rag_service.api.openai.protocol import ChatCompletionRequest, CompletionReq
 from rag_service.api.openai.serving_common import response_head
 from rag_service.api.openai.serving_embeddings import embed_all, embeddings_body, input_texts, token_counts
 from rag_service.api.openapi import ADMITTED, BODY, errors, event_stream
-from rag_service.api.params import request_deadline, request_pipeline, service_of
+from rag_service.api.params import read_your_writes, request_deadline, request_pipeline, service_of
 from rag_service.api.responses import OrjsonResponse
 from rag_service.api.serving import (
     StreamFormat,
@@ -41,7 +41,9 @@ from rag_service.errors import ModelNotFound
 from rag_service.pipeline.budgets import Deadline
 from rag_service.pipeline.pipeline import Answer, AnswerRequest, Pipeline
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=errors(401))
+router = APIRouter(
+    prefix="/v1", dependencies=[Depends(require_api_key), Depends(read_your_writes)], responses=errors(401)
+)
 
 
 @router.get("/models")
