@@ -8,7 +8,7 @@ EXTRAS ?= cpu,dev,load
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install models test-models index calibrate allocator run test test-fast test-startup loadtest loadtest-run bench lint format clean compose-tool browser
+.PHONY: install models test-models index calibrate allocator run serve-ray test test-fast test-startup loadtest loadtest-run bench lint format clean compose-tool browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ $(BENCH_STAMP): $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir -e '.[bench]'
 	$(BIN)/python -c "import llama_cpp, sys; info = llama_cpp.llama_print_system_info().decode(); print(info); sys.exit('AMX' in info)"
 	$(BIN)/python -c "from transformers import LlamaConfig"
+	@touch $@
+
+# Ray Serve and Ray Data (the `ray` extra): only `make serve-ray`, `make test` and `make bench` need
+# them, so `make run` stays quick to set up.
+RAY_STAMP := $(VENV)/.installed-ray
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/pip install -e '.[ray]'
+	$(BIN)/python -c "from transformers import LlamaConfig; import ray.serve, ray.data"
 	@touch $@
 
 models: install
@@ -66,6 +74,11 @@ calibrate: index allocator
 run: calibrate
 	$(BIN)/rag-service serve
 
+# The same service on Ray Serve (deploy/serve.yaml): a local Ray cluster on 127.0.0.1, two ingress
+# replicas, the generator and the index writer as deployments. README, "Scaling out".
+serve-ray: calibrate $(RAY_STAMP)
+	$(BIN)/rag-service serve-ray --config deploy/serve.yaml
+
 # Debian's docker-compose (1.29) validates docker-compose.yml without a Docker engine; best effort:
 # where it cannot be installed, the deployment tests say so and skip.
 compose-tool:
@@ -97,7 +110,7 @@ $(LLAMAINDEX_STAMP):
 	  && touch $@ \
 	  || echo "llama-index-llms-openai-like not installed: its client test will be skipped"
 
-test: index test-models compose-tool allocator browser $(BENCH_STAMP) $(LLAMAINDEX_STAMP)
+test: index test-models compose-tool allocator browser $(BENCH_STAMP) $(RAY_STAMP) $(LLAMAINDEX_STAMP)
 	$(BIN)/python -m pytest -ra
 
 # Everything that does not start vLLM (tests marked `vllm`, see tests/conftest.py): unit tests and the
@@ -128,7 +141,7 @@ loadtest-run:
 # Every benchmark once, full size (about two hours on an idle 2-core machine; see BENCHMARKS.md).
 # Results: benchmarks/results/. The embedding-shaped ANN run reuses the SciFact run's vectors.
 ANN_VECTORS ?= 1000000
-bench: index test-models $(BENCH_STAMP)
+bench: index test-models $(BENCH_STAMP) $(RAY_STAMP)
 	$(BIN)/python -m benchmarks.hnsw_params
 	$(BIN)/python -m benchmarks.hnsw_params --synthetic $(ANN_VECTORS)
 	$(BIN)/python -m benchmarks.hnsw_params --synthetic $(ANN_VECTORS) --distribution embedding

@@ -55,7 +55,11 @@ def settings_payload(settings: Settings) -> dict[str, Any]:
 
 
 def settings_from(payload: dict[str, Any]) -> Settings:
-    return Settings.model_validate(payload)
+    """The settings in a replica, whose process logs our INFO lines too (Ray keeps a worker's root
+    logger at WARNING; Serve's own logs go through its own handler)."""
+    settings = Settings.model_validate(payload)
+    logging.basicConfig(level=settings.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    return settings
 
 
 @serve.deployment(name="Writer", num_replicas=1, max_ongoing_requests=64)
@@ -174,7 +178,9 @@ def build(args: dict[str, Any] | None = None, options: dict[str, dict[str, Any]]
             **options.get("Ingress", {}),
         }
     )
-    writer = WriterDeployment.options(**options.get("Writer", {})).bind(payload)  # type: ignore[attr-defined]
+    # Every replica polls the writer (RAG_INDEX__REFRESH_S): no access-log line per poll.
+    writer_options = {"logging_config": {"enable_access_log": False}, **options.get("Writer", {})}
+    writer = WriterDeployment.options(**writer_options).bind(payload)  # type: ignore[attr-defined]
     generator_options = _with_preload(options.get("Generator", {}), settings)
     generator = GeneratorDeployment.options(**generator_options).bind(payload)  # type: ignore[attr-defined]
     return ingress.bind(payload, writer, generator)
