@@ -77,7 +77,7 @@ def _engine_idle(loop: asyncio.AbstractEventLoop, pipeline: Pipeline) -> bool:
 
     async def wait() -> bool:
         for _ in range(100):
-            if pipeline.generator.unfinished_requests == 0:  # type: ignore[attr-defined]
+            if pipeline.generator.unfinished_requests == 0:
                 return True
             await asyncio.sleep(0.05)
         return False
