@@ -27,6 +27,13 @@ COPY . .
 # Reinstall in editable mode now that the whole package is here (fast: dependencies are in place).
 RUN .venv/bin/pip install --no-deps -e . && touch .venv/.installed-*
 
+# Optional: a generator's weights baked into the image (MODELS=qwen2.5-coder-1.5b-instruct, say), for
+# clusters whose pods have no models volume (deploy/kuberay-rayservice.yaml). Empty: prepared at start.
+ARG MODELS=
+RUN if [ -n "$MODELS" ]; then .venv/bin/rag-service prepare-models --generator "$MODELS"; fi
+# `ray start` (KubeRay runs it in the container) and the CLI from the project's venv.
+ENV PATH=/app/.venv/bin:$PATH
+
 ENV EXTRAS=${EXTRAS} RAG_SERVER__HOST=0.0.0.0 RAG_SERVER__PORT=8000
 EXPOSE 8000
 # models/ and indexes/ are volumes: converted weights and built indexes survive the container.

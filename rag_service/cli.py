@@ -102,6 +102,13 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     if not docs:
         print("error: no .jsonl, .txt or .md documents found", file=sys.stderr, flush=True)
         return 2
+    if args.ray:
+        if args.server:
+            print("error: --ray and --server do not go together", file=sys.stderr, flush=True)
+            return 2
+        from rag_service.scaling.ray_ingest import ingest_command
+
+        return ingest_command(settings, args, docs, batch)
     if args.server:
         from rag_service.ingestion.client import ingest_over_http
 
@@ -313,6 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--server", help="send batches to a running server (e.g. http://127.0.0.1:8000)")
     ingest.add_argument("--index-dir", help="index folder to write (default: the served index)")
     ingest.add_argument("--ack-log", help="append each committed document id to this file")
+    ingest.add_argument(
+        "--ray",
+        action="store_true",
+        help="chunk and embed on a Ray Data actor pool (the ray extra), write through the one writer",
+    )
+    ingest.add_argument("--actors", type=int, default=1, help="embedding actors with --ray (default 1)")
+    ingest.add_argument(
+        "--ray-address",
+        help="with --ray: join this Ray cluster ('auto': the one running here); default: start a local one "
+        "on 127.0.0.1. A Serve application 'rag' running there takes the writes (its Writer deployment), "
+        "unless --index-dir names a folder",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     reindex = sub.add_parser("reindex", help="re-embed the stored documents with the configured encoder")

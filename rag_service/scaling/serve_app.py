@@ -79,6 +79,9 @@ class WriterDeployment:
     async def write_embedded(self, spec: dict[str, Any], items: Sequence[EmbeddedDocument]) -> WriteResult:
         return await self.writer.write_embedded(spec, items)
 
+    def content_hashes(self, ids: Sequence[str]) -> dict[str, str]:
+        return self.writer.content_hashes(ids)
+
     def changes_since(self, seq: int) -> ChangeBatch:  # sync: Serve runs it on a thread
         return self.writer.changes_since(seq)
 

@@ -98,6 +98,10 @@ class IndexWriter:
 
     # --- what replicas read --------------------------------------------------------------------
 
+    def content_hashes(self, ids: Sequence[str]) -> dict[str, str]:
+        """Stored content hashes by id: Ray Data ingestion skips unchanged documents before embedding."""
+        return self.live.store.content_hashes(ids)
+
     def last_seq(self) -> int:
         return self.live.store.last_seq()
 

@@ -28,6 +28,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.ray]
 REPLICA = "x-rag-replica"
 APP = "rag"
 QUESTION = "What does the global statement do?"
+READER_PAUSE_S = 0.1
+REPLACE_LIMIT_S = 300
 
 
 @dataclass
@@ -171,6 +173,10 @@ class Load:
         with httpx.Client(base_url=self.url, timeout=60) as client:
             while not self.stop.is_set():
                 self._call(client, "POST", "/v1/search", json={"query": QUESTION, "top_k": 4})
+                # Steady load, not a saturated machine: on 2 cores, readers with no pause starve the
+                # replacement replica, whose warm-up then misses even loose budgets and Serve keeps
+                # retrying it (a real cluster starts it on another node).
+                time.sleep(READER_PAUSE_S)
 
     def writer(self) -> None:
         with httpx.Client(base_url=self.url, timeout=60) as client:
@@ -218,7 +224,7 @@ def test_a_replica_killed_mid_load_is_replaced_without_losing_an_acknowledged_wr
         killed_at = time.monotonic()
         # Serve notices the dead actor and starts a replacement, which warms up before it takes requests.
         replaced_s = None
-        while time.monotonic() - killed_at < 600:
+        while time.monotonic() - killed_at < REPLACE_LIMIT_S:
             names = _ingress_replicas()
             if victim not in names and len(names) == 2 and _running_ingress() == 2:
                 replaced_s = time.monotonic() - killed_at
@@ -236,7 +242,7 @@ def test_a_replica_killed_mid_load_is_replaced_without_losing_an_acknowledged_wr
         f"statuses {dict(load.statuses)}, "
         f"failures {len(load.failures)}: {load.failures[:5]}; {len(load.acked)} writes acknowledged"
     )
-    assert replaced_s is not None, "Serve did not replace the killed replica within 10 minutes"
+    assert replaced_s is not None, f"Serve did not replace the killed replica within {REPLACE_LIMIT_S} s"
     # No 5xx beyond the requests that were in flight when the replica died.
     assert len(load.failures) <= in_flight_at_kill, load.failures
     assert load.acked, "no write was acknowledged during the run"
