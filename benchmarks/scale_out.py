@@ -29,6 +29,7 @@ import csv
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -48,6 +49,8 @@ from benchmarks.retrieval import SHARED
 from benchmarks.server import REPO, _wait_ready, free_port, server
 
 RESULTS = REPO / "benchmarks" / "results"
+# A streamed completion chunk with text in it (its first chunk may carry an empty text).
+NONEMPTY_TEXT = re.compile(r'"text":\s*"(?!")')
 PHASES = ("single", "ray", "hop", "writer", "llm")
 QUESTIONS = [
     "What does the global statement do?",
@@ -295,6 +298,10 @@ def rag_prompts(tokenizer: Any, n: int) -> list[str]:
     return prompts
 
 
+def _has_text(batch: Any) -> bool:
+    return NONEMPTY_TEXT.search(str(batch)) is not None
+
+
 async def _timed_stream(stream: Any, has_text: Any) -> tuple[float, float]:
     started = time.perf_counter()
     first = None
@@ -385,7 +392,7 @@ def phase_llm(prompts_n: int, max_tokens: int) -> dict[str, Any]:
                     model="rag-generator", prompt=text, max_tokens=max_tokens, temperature=0.0, stream=True
                 )
                 stream = theirs.options(stream=True).completions.remote(request)
-                runs.append(await _timed_stream(stream, lambda batch: '"text":"' in str(batch)))
+                runs.append(await _timed_stream(stream, _has_text))
             return runs[1:]
 
         results["ray_serve_llm"] = summary(asyncio.run(run_theirs()), theirs_start)

@@ -1,6 +1,7 @@
 """A Serve ingress replica's two remote parts, behind the interfaces the single process uses:
 ``RemoteGenerator`` (the ``Generator`` protocol over the generator deployment's handle) and
-``ReplicaIndex`` (``IndexAccess`` over a private copy that follows the writer deployment).
+``ReplicaIndex`` (``IndexAccess`` over a private copy that follows the writer deployment); and
+``coalesced``, which the generator deployment streams through so tokens cross the handle in fewer messages.
 
 Handles are duck-typed (``.method.remote(...)``), so nothing here imports Ray.
 """
@@ -31,6 +32,33 @@ def our_error(exc: BaseException) -> RagError | None:
     """The service's own error behind a Ray task error (it carries the remote exception as ``cause``)."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, RagError) else exc if isinstance(exc, RagError) else None
+
+
+async def coalesced(
+    chunks: AsyncGenerator[GenerationChunk, None], interval_s: float
+) -> AsyncGenerator[GenerationChunk, None]:
+    """``chunks`` with the pieces that arrive within ``interval_s`` of the last one sent merged into one:
+    every streamed message through a Serve handle costs CPU on both sides, which a 2-core machine takes
+    from the engine (ray.serve.llm batches its stream the same way). The first piece and the last go
+    at once; one is held at most until the next arrives, so slow tokens are never delayed. Closing this
+    stream closes ``chunks`` (the deployment's vLLM request is then aborted)."""
+    held: GenerationChunk | None = None
+    sent_at = float("-inf")
+    loop = asyncio.get_running_loop()
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            if held is not None:  # counts are cumulative: the newest piece's are the merged piece's
+                chunk = GenerationChunk(
+                    held.text + chunk.text, chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens
+                )
+            now = loop.time()
+            if chunk.finish_reason is not None or now - sent_at >= interval_s:
+                held, sent_at = None, now
+                yield chunk
+            else:
+                held = chunk
+        if held is not None:
+            yield held
 
 
 class RemoteGenerator:

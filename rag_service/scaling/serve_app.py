@@ -33,13 +33,16 @@ from rag_service.generation.generator import VllmGenerator
 from rag_service.runtime.components import Components
 from rag_service.runtime.hardware import cpu_features, cuda_bf16, cuda_devices, generator_dtype
 from rag_service.runtime.service import Service, State
-from rag_service.scaling.remote import RemoteGenerator, ReplicaIndex
+from rag_service.scaling.remote import RemoteGenerator, ReplicaIndex, coalesced
 from rag_service.scaling.writer import EmbeddedDocument, IndexWriter
 from rag_service.storage.replication import ChangeBatch
 from rag_service.storage.store import WriteResult
 
 log = logging.getLogger(__name__)
 REPLICA_HEADER = "x-rag-replica"  # which ingress replica answered (load-sharing tests, debugging)
+# Tokens generated within this long of the last streamed message travel together (remote.coalesced;
+# BENCHMARKS.md, "Scaling out"): below a person's reading speed, and ray.serve.llm's own default.
+STREAM_INTERVAL_S = 0.05
 
 
 def settings_payload(settings: Settings) -> dict[str, Any]:
@@ -111,7 +114,7 @@ class GeneratorDeployment:
         self.generator = VllmGenerator.start(gen.model_copy(update={"dtype": choice.dtype}))
 
     async def stream(self, prompt_ids: list[int], **kwargs: Any) -> AsyncGenerator[GenerationChunk, None]:
-        async for chunk in self.generator.stream(prompt_ids, **kwargs):
+        async for chunk in coalesced(self.generator.stream(prompt_ids, **kwargs), STREAM_INTERVAL_S):
             yield chunk
 
     async def reset_prefix_cache(self) -> None:
