@@ -27,10 +27,17 @@ install: $(STAMP)
 BENCH_STAMP := $(VENV)/.installed-bench
 # llama.cpp is compiled for this CPU (-march=native) but without its AMX path: built with AMX on an
 # AMX Xeon (2026-12-01) it crashed with a segmentation fault on every 200-token prompt. --no-cache-dir:
-# never reuse a wheel pip cached from an earlier build with other flags.
+# never reuse a wheel pip cached from an earlier build with other flags (ours below is keyed on them).
 LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+# The compiled wheel is kept per CPU and flags (the folder's name hashes both), so a second checkout on
+# the same machine installs it in seconds and another CPU compiles its own.
+LLAMA_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+LLAMA_WHEELS := $(HOME)/.cache/rag-service/llama-cpp-wheels/$(shell { echo '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)'; grep -m1 '^flags' /proc/cpuinfo; grep -m1 '^model name' /proc/cpuinfo; } 2>/dev/null | sha256sum | cut -c1-16)
 $(BENCH_STAMP): $(STAMP)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir -e '.[bench]'
+	@mkdir -p $(LLAMA_WHEELS)
+	ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 \
+	  || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-deps --no-cache-dir -w $(LLAMA_WHEELS) 'llama-cpp-python==$(LLAMA_VERSION)'
+	$(BIN)/pip install --find-links $(LLAMA_WHEELS) -e '.[bench]'
 	$(BIN)/python -c "import llama_cpp, sys; info = llama_cpp.llama_print_system_info().decode(); print(info); sys.exit('AMX' in info)"
 	$(BIN)/python -c "from transformers import LlamaConfig"
 	@touch $@

@@ -22,7 +22,10 @@ from llama_index.core.llms import ChatMessage
 from llama_index.llms.openai_like import OpenAILike
 
 base, model = sys.argv[1], sys.argv[2]
-common = dict(model=model, api_base=base + "/v1", api_key="unused", max_tokens=16, context_window=2048)
+# Greedy: the whole and the streamed completion are two generations, equal only without sampling
+# (LlamaIndex's default temperature is 0.1).
+common = dict(model=model, api_base=base + "/v1", api_key="unused", max_tokens=16, context_window=2048,
+              temperature=0.0)
 text = OpenAILike(is_chat_model=False, **common)
 whole = text.complete("The capital of France is")
 streamed = list(text.stream_complete("The capital of France is"))

@@ -29,7 +29,7 @@ REPLICA = "x-rag-replica"
 APP = "rag"
 QUESTION = "What does the global statement do?"
 READER_PAUSE_S = 0.1
-REPLACE_LIMIT_S = 300
+REPLACE_LIMIT_S = 480
 
 
 @dataclass
@@ -65,6 +65,11 @@ def ray_app(default_index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         "RAG_INDEX__DIR": str(index_dir),
         "RAG_INDEX__REFRESH_S": "1",
         "RAG_CACHE__ENABLED": "false",  # every ask reaches the generator deployment
+        # A replica that replaces a killed one runs its start-up check while the test's load goes on, on
+        # the same 2 cores: it misses even loose budgets there (fp32 on AVX2: 77 of 128 tokens in 90 s),
+        # and a replica over budget refuses to start (README, Latency budgets). That rule is tested in
+        # test_startup.py; here it would only stop Serve from replacing the replica.
+        "RAG_BUDGET__ACCEPT_OVER_BUDGET": "true",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the app is built in this process, from its environment
