@@ -121,7 +121,13 @@ def _ingest_directly(settings: Settings, args: argparse.Namespace, docs: list, b
 
     from rag_service.embedding.encoder import Encoder
     from rag_service.errors import RagError
-    from rag_service.ingestion.ingestor import Ingestor, chunker_for, ingest_documents, open_or_create
+    from rag_service.ingestion.ingestor import (
+        Ingestor,
+        ack_log,
+        chunker_for,
+        ingest_documents,
+        open_or_create,
+    )
 
     if settings.ingest.nice:
         os.nice(settings.ingest.nice)  # the whole process: queries of a server beside us come first
@@ -132,25 +138,17 @@ def _ingest_directly(settings: Settings, args: argparse.Namespace, docs: list, b
     except RagError as exc:
         print(f"error: {exc.message}", file=sys.stderr, flush=True)
         return 2
-    ack = open(args.ack_log, "a", encoding="utf-8") if args.ack_log else None  # noqa: SIM115
-
-    def acknowledge(batch_docs: list, result: object) -> None:
-        if ack is not None:  # after the commit returned: these documents are durable
-            ack.write("".join(f"{d.id}\n" for d in batch_docs))
-            ack.flush()
-
     print(f"ingesting {len(docs)} documents into {folder} ({batch} per batch)", flush=True)
     ingestor = Ingestor(live, encoder, chunker_for(encoder, settings))
     try:
-        report = ingest_documents(ingestor, docs, batch, on_commit=acknowledge)
+        with ack_log(args.ack_log) as acknowledge:
+            report = ingest_documents(ingestor, docs, batch, on_commit=acknowledge)
         stats = live.stats()
     except KeyboardInterrupt:
         print("\ninterrupted: committed batches are kept; run the same command again to resume", flush=True)
         return 130
     finally:
         live.close()
-        if ack is not None:
-            ack.close()
     print(
         f"done: {report.documents} documents in {report.seconds:.1f} s ({report.docs_per_s:.1f} docs/s): "
         f"{report.upserted} new or changed ({report.chunks} chunks), {report.unchanged} unchanged; "

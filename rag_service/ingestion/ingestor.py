@@ -13,6 +13,7 @@ both want them, and ingestion still uses every idle cycle.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -162,3 +163,19 @@ def ingest_documents(
             bar.set_postfix(new=report.upserted, unchanged=report.unchanged, chunks=report.chunks)
     report.seconds = time.perf_counter() - started
     return report
+
+
+@contextlib.contextmanager
+def ack_log(path: str | None) -> Iterator[Callable[[list[Document], WriteResult], None]]:
+    """``--ack-log``: an ``on_commit`` that appends each committed document id to ``path`` (nothing
+    when None), called only after the commit returned, so every id in the file is durable."""
+    if path is None:
+        yield lambda _docs, _result: None
+        return
+    with open(path, "a", encoding="utf-8") as out:
+
+        def acknowledge(docs: list[Document], _result: WriteResult) -> None:
+            out.write("".join(f"{d.id}\n" for d in docs))
+            out.flush()
+
+        yield acknowledge

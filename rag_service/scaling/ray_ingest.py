@@ -35,7 +35,7 @@ from tqdm import tqdm
 from rag_service.config import Settings
 from rag_service.domain import Document
 from rag_service.errors import RagError
-from rag_service.ingestion.ingestor import validate_batch
+from rag_service.ingestion.ingestor import ack_log, validate_batch
 from rag_service.scaling.writer import EmbeddedDocument
 from rag_service.storage.store import WriteResult, content_hash
 
@@ -338,13 +338,6 @@ def ingest_command(settings: Settings, args: argparse.Namespace, docs: list[Docu
         os.nice(settings.ingest.nice)  # before the local cluster starts: its workers inherit it
     started = connect(args.ray_address)
     target: LocalWriter | ServeWriter | None = None
-    ack = open(args.ack_log, "a", encoding="utf-8") if args.ack_log else None  # noqa: SIM115
-
-    def acknowledge(batch_docs: list, result: object) -> None:
-        if ack is not None:  # after the commit returned: these documents are durable
-            ack.write("".join(f"{d.id}\n" for d in batch_docs))
-            ack.flush()
-
     try:
         target = None if args.index_dir else serve_writer()
         if target is None:
@@ -355,9 +348,10 @@ def ingest_command(settings: Settings, args: argparse.Namespace, docs: list[Docu
             f"through {target.name}",
             flush=True,
         )
-        report = ingest_with_ray(
-            docs, settings, target, actors=args.actors, batch_docs=batch, on_commit=acknowledge
-        )
+        with ack_log(args.ack_log) as acknowledge:
+            report = ingest_with_ray(
+                docs, settings, target, actors=args.actors, batch_docs=batch, on_commit=acknowledge
+            )
         stats = target.stats()
     except RagError as exc:
         print(f"error: {exc.message}", file=sys.stderr, flush=True)
@@ -368,8 +362,6 @@ def ingest_command(settings: Settings, args: argparse.Namespace, docs: list[Docu
     finally:
         if target is not None:
             target.close()
-        if ack is not None:
-            ack.close()
         if started:
             ray.shutdown()
     print(
