@@ -339,6 +339,18 @@ async def concurrent_run(url: str, questions: list[str], concurrency: int) -> di
     }
 
 
+def corpus_subset(corpus: Path, rows: list[dict[str, Any]], max_docs: int, out: Path) -> Path:
+    """The paragraphs the questions need (their gold ones) and others in corpus order up to
+    ``max_docs``: a smaller index for smoke runs, still with distractors around every gold paragraph."""
+    needed = {d for r in rows for d in r["doc_ids"]}
+    lines = [line for line in corpus.read_text().splitlines() if line.strip()]
+    keep = [line for line in lines if json.loads(line)["_id"] in needed]
+    keep += [line for line in lines if json.loads(line)["_id"] not in needed][: max(0, max_docs - len(keep))]
+    subset = out / f"{corpus.parent.name}-{max_docs}.jsonl"
+    subset.write_text("\n".join(keep) + "\n")
+    return subset
+
+
 def copy_index(source: Path, dest: Path) -> Path:
     """A throwaway copy of a cached index: the abstention run deletes documents from it."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -382,6 +394,11 @@ def main() -> int:
     parser.add_argument("--concurrent-requests", type=int, default=16)
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain-chat baseline")
     parser.add_argument("--system-prompt", help="RAG_GENERATOR__SYSTEM_PROMPT for this run")
+    parser.add_argument(
+        "--max-docs",
+        type=int,
+        help="index only the questions' own paragraphs plus others up to this many (default: all 2,067)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     for name in ("squad-v1.1-dev", "pubmedqa-pqal"):
@@ -407,9 +424,13 @@ def main() -> int:
     }
     answerable, abstain, fresh = squad_rows(args.squad, args.abstain, args.concurrent_requests)
 
-    build_index("squad-v1.1-dev", SHARED / "squad-v1.1-dev" / "corpus.jsonl", index_dir)
-    copy_index(index_dir / "squad-v1.1-dev", work / "squad-v1.1-dev")
-    squad_env = {**env, "RAG_INDEX__DIR": str(work), "RAG_INDEX__NAME": "squad-v1.1-dev"}
+    squad_name, squad_corpus = "squad-v1.1-dev", SHARED / "squad-v1.1-dev" / "corpus.jsonl"
+    if args.max_docs:
+        squad_name = f"squad-v1.1-dev-{args.max_docs}"
+        squad_corpus = corpus_subset(squad_corpus, answerable + abstain + fresh, args.max_docs, args.out)
+    build_index(squad_name, squad_corpus, index_dir)
+    copy_index(index_dir / squad_name, work / squad_name)
+    squad_env = {**env, "RAG_INDEX__DIR": str(work), "RAG_INDEX__NAME": squad_name}
     with (
         server(None, out / "server-squad.log", squad_env) as (url, _),
         httpx.Client(base_url=url, timeout=600) as client,

@@ -90,14 +90,23 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--questions", type=int, default=12)
+    parser.add_argument("--profiles", default="default,edge", help="comma-separated: default, edge")
+    parser.add_argument(
+        "--max-tokens", type=int, help="RAG_GENERATOR__MAX_TOKENS for every profile (default: each one's own)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     from rag_service.runtime.hardware import cpu_features
 
     rows = [json.loads(line) for line in (REPO / "loadtests" / "questions.jsonl").open()]
     questions = [r["question"] for r in rows][: args.questions]
-    profiles = {"default": {}, "edge": EDGE_PROFILE}
-    results = {name: run_profile(name, env, questions) for name, env in profiles.items()}
+    known: dict[str, dict[str, str]] = {"default": {}, "edge": EDGE_PROFILE}
+    names = args.profiles.split(",")
+    if unknown := set(names) - set(known):
+        parser.error(f"unknown profile(s): {', '.join(sorted(unknown))}")
+    # A shorter answer shortens every start's budget check too (it generates max_tokens per question).
+    extra = {"RAG_GENERATOR__MAX_TOKENS": str(args.max_tokens)} if args.max_tokens else {}
+    results = {name: run_profile(name, {**known[name], **extra}, questions) for name in names}
     cpu = cpu_features()
     print(f"\n{cpu.model} ({cpu.isa}, {cpu.cores} cores); {len(questions)} questions one at a time")
     stages = ["embed", "retrieve", "first_token", "generate", "total"]

@@ -209,10 +209,12 @@ class Service:
         started = time.perf_counter()
         cold = await pipeline.ask(self._warm_up_request(pipeline, WARM_UP_QUESTION, NO_BUDGETS))
         log.info("warm-up: cold pass through every stage in %.2f s", time.perf_counter() - started)
-        # Concurrent questions: batched encoder shapes and vLLM's batched decode, still unbudgeted.
+        # Concurrent questions: batched encoder shapes and vLLM's batched decode, still unbudgeted; no
+        # more at once than admission will ever let run.
         round_started = time.perf_counter()
+        at_once = WARM_UP_ROUND[: self.settings.admission.max_in_flight]
         answers = await asyncio.gather(
-            *(pipeline.ask(self._warm_up_request(pipeline, q, NO_BUDGETS)) for q in WARM_UP_ROUND)
+            *(pipeline.ask(self._warm_up_request(pipeline, q, NO_BUDGETS)) for q in at_once)
         )
         # Seeds admission's service-time estimate; real requests replace it within a few completions.
         self.admission.observe(time.perf_counter() - round_started)

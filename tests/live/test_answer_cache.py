@@ -27,7 +27,12 @@ def client(
 ) -> Iterator[httpx.Client]:
     """A server of its own with the cache on (the shared one runs without it) and a small byte bound,
     on its own index copy (these tests write documents)."""
-    env = {"RAG_CACHE__ENABLED": "true", "RAG_CACHE__MAX_BYTES": str(TEST_CACHE_MAX_BYTES)}
+    env = {
+        "RAG_CACHE__ENABLED": "true",
+        "RAG_CACHE__MAX_BYTES": str(TEST_CACHE_MAX_BYTES),
+        # The start-up check's answer length (every request here says its own): a quicker start.
+        "RAG_GENERATOR__MAX_TOKENS": "16",
+    }
     folder = tmp_path_factory.mktemp("cached")
     with (
         server_of_its_own(settings, default_index_dir, folder, env) as server,

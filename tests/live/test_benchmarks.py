@@ -107,7 +107,10 @@ def test_mixed_backends_benchmark_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.vllm
 def test_edge_profile_benchmark_smoke(tmp_path: Path) -> None:
-    _bench("edge_profile", "--questions", "1", "--out", str(tmp_path))
+    # The edge profile only (the default one is every other server of the suite), short answers.
+    _bench(
+        "edge_profile", "--profiles", "edge", "--questions", "1", "--max-tokens", "8", "--out", str(tmp_path)
+    )
     profiles = json.loads((tmp_path / "edge_profile.json").read_text())["profiles"]
     assert profiles["edge"]["encoder_backend"]["backend"] == "onnx-int8"
     for profile in profiles.values():
@@ -227,7 +230,7 @@ def test_answers_benchmark_smoke(tmp_path: Path) -> None:
             pytest.skip(f"shared evaluation data not found at {SHARED_DATA / name} (set RAG_SHARED_DATA)")
     # The suite's generator: the configured default (auto) is a Qwen model, minutes per server here.
     args = ["--generator", str(GENERATOR_DIR), "--squad", "2", "--abstain", "1", "--pubmed", "0"]
-    args += ["--concurrent-requests", "2"]
+    args += ["--concurrent-requests", "2", "--max-docs", "60"]
     result = _bench("answers", *args, "--label", "smoke", "--out", str(tmp_path))
     assert "extractive upper bound" in result.stdout
     record = json.loads((tmp_path / "smoke" / "answers.json").read_text())

@@ -70,6 +70,9 @@ def ray_app(default_index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         # and a replica over budget refuses to start (README, Latency budgets). That rule is tested in
         # test_startup.py; here it would only stop Serve from replacing the replica.
         "RAG_BUDGET__ACCEPT_OVER_BUDGET": "true",
+        # Every replica's start-up check generates this many tokens per question (the tests' own
+        # requests say how many they want): short, so three replica starts and a replacement stay quick.
+        "RAG_GENERATOR__MAX_TOKENS": "16",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the app is built in this process, from its environment
