@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import platform
@@ -341,13 +342,17 @@ async def concurrent_run(url: str, questions: list[str], concurrency: int) -> di
 
 def corpus_subset(corpus: Path, rows: list[dict[str, Any]], max_docs: int, out: Path) -> Path:
     """The paragraphs the questions need (their gold ones) and others in corpus order up to
-    ``max_docs``: a smaller index for smoke runs, still with distractors around every gold paragraph."""
+    ``max_docs``: a smaller index for smoke runs, still with distractors around every gold paragraph.
+    The file's name carries a hash of its paragraphs, so an index cached for other questions is not reused."""
     needed = {d for r in rows for d in r["doc_ids"]}
     lines = [line for line in corpus.read_text().splitlines() if line.strip()]
-    keep = [line for line in lines if json.loads(line)["_id"] in needed]
-    keep += [line for line in lines if json.loads(line)["_id"] not in needed][: max(0, max_docs - len(keep))]
-    subset = out / f"{corpus.parent.name}-{max_docs}.jsonl"
-    subset.write_text("\n".join(keep) + "\n")
+    gold = [json.loads(line)["_id"] in needed for line in lines]
+    keep = [line for line, g in zip(lines, gold, strict=True) if g]
+    keep += [line for line, g in zip(lines, gold, strict=True) if not g][: max(0, max_docs - len(keep))]
+    text = "\n".join(keep) + "\n"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    subset = out / f"{corpus.parent.name}-{max_docs}-{digest}.jsonl"
+    subset.write_text(text)
     return subset
 
 
@@ -426,8 +431,8 @@ def main() -> int:
 
     squad_name, squad_corpus = "squad-v1.1-dev", SHARED / "squad-v1.1-dev" / "corpus.jsonl"
     if args.max_docs:
-        squad_name = f"squad-v1.1-dev-{args.max_docs}"
         squad_corpus = corpus_subset(squad_corpus, answerable + abstain + fresh, args.max_docs, args.out)
+        squad_name = squad_corpus.stem
     build_index(squad_name, squad_corpus, index_dir)
     copy_index(index_dir / squad_name, work / squad_name)
     squad_env = {**env, "RAG_INDEX__DIR": str(work), "RAG_INDEX__NAME": squad_name}

@@ -522,6 +522,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "scale_out.json")
     args = parser.parse_args()
     phases = PHASES if args.phases == "all" else tuple(args.phases.split(","))
+    llm_order = tuple(args.llm_order.split(","))
+    if unknown := set(llm_order) - set(LLM_RUNS):
+        parser.error(f"--llm-order: unknown {', '.join(sorted(unknown))}")
     docs = scifact_docs(args.docs)
     out: dict[str, Any] = {
         "machine": {
@@ -541,10 +544,7 @@ def main() -> int:
         if "hop" in phases:
             out["hop"] = phase_hop(args.rounds)
         if "llm" in phases:
-            order = tuple(args.llm_order.split(","))
-            if unknown := set(order) - set(LLM_RUNS):
-                parser.error(f"--llm-order: unknown {', '.join(sorted(unknown))}")
-            out["llm"] = phase_llm(args.prompts, 32, order)
+            out["llm"] = phase_llm(args.prompts, 32, llm_order)
         if "writer" in phases:
             out["writer"] = phase_writer(root, scifact_docs(2 * args.docs), 32)
         logs = RESULTS / "scale_out_logs"

@@ -16,7 +16,7 @@ import pytest
 
 from rag_service.config import Settings
 from tests.support.http import sse_payloads
-from tests.support.server import TEST_CACHE_MAX_BYTES, server_of_its_own
+from tests.support.server import QUICK_CHECK, TEST_CACHE_MAX_BYTES, server_of_its_own
 
 CHAT_MODEL = "smollm2-135m-instruct"
 
@@ -30,8 +30,7 @@ def client(
     env = {
         "RAG_CACHE__ENABLED": "true",
         "RAG_CACHE__MAX_BYTES": str(TEST_CACHE_MAX_BYTES),
-        # The start-up check's answer length (every request here says its own): a quicker start.
-        "RAG_GENERATOR__MAX_TOKENS": "16",
+        **QUICK_CHECK,
     }
     folder = tmp_path_factory.mktemp("cached")
     with (

@@ -14,7 +14,7 @@ import pytest
 from rag_service.config import GeneratorSettings, Settings
 from rag_service.generation.model_prep import GENERATORS, MANIFEST, prepare_generator
 from tests.support.paths import REPO
-from tests.support.server import server_of_its_own
+from tests.support.server import QUICK_CHECK, server_of_its_own
 
 QWEN = GENERATORS["qwen2.5-coder-0.5b-instruct"]
 QWEN_DIR = REPO / "models" / QWEN.name
@@ -22,13 +22,8 @@ QWEN_DIR = REPO / "models" / QWEN.name
 pytestmark = pytest.mark.vllm
 # What is tested here is what Qwen answers, not whether a 0.5B model meets the suite's budgets: on an
 # AVX2-only 2-core machine its start-up check (4 fresh questions at once) can miss even the loose ones,
-# and the server would refuse to start (that rule is tested in test_startup.py). The check's answers
-# are short, so the start stays quick; the tests' own requests say how many tokens they want.
-QWEN_ENV = {
-    "RAG_CACHE__ENABLED": "false",
-    "RAG_BUDGET__ACCEPT_OVER_BUDGET": "true",
-    "RAG_GENERATOR__MAX_TOKENS": "16",
-}
+# and the server would refuse to start (that rule is tested in test_startup.py).
+QWEN_ENV = {"RAG_CACHE__ENABLED": "false", "RAG_BUDGET__ACCEPT_OVER_BUDGET": "true", **QUICK_CHECK}
 
 
 @pytest.fixture(scope="module")

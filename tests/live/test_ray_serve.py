@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.support.paths import GENERATOR_DIR, REPO
-from tests.support.server import LOOSE_BUDGETS, free_port
+from tests.support.server import LOOSE_BUDGETS, QUICK_CHECK, free_port
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 pytestmark = [pytest.mark.vllm, pytest.mark.ray]
@@ -70,9 +70,7 @@ def ray_app(default_index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         # and a replica over budget refuses to start (README, Latency budgets). That rule is tested in
         # test_startup.py; here it would only stop Serve from replacing the replica.
         "RAG_BUDGET__ACCEPT_OVER_BUDGET": "true",
-        # Every replica's start-up check generates this many tokens per question (the tests' own
-        # requests say how many they want): short, so three replica starts and a replacement stay quick.
-        "RAG_GENERATOR__MAX_TOKENS": "16",
+        **QUICK_CHECK,  # three replica starts and a replacement
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the app is built in this process, from its environment
