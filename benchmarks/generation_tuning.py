@@ -27,7 +27,7 @@ What it measures, in this order, everything in one invocation and strictly one e
   their ISA from cpuinfo), short for bf16 since bf16 is emulated there; ``combined`` is every
   service-expressible change that helped (LD_PRELOAD, compile, binding) at once; ``repeat`` runs the
   baseline again at the end, the run-to-run noise;
-* llama.cpp (llama-cpp-python on the Q4_1 GGUF the weights came from, one request at a time) and the
+* llama.cpp (llama-cpp-python on the GGUF the weights came from, one request at a time) and the
   service through HTTP (``/v1/ask`` streamed, a fresh server each) with the baseline settings and
   with ``combined``'s.
 
@@ -105,6 +105,7 @@ EMULATED_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 DTYPES = ("bfloat16", "float32")
 SHORT = {"bfloat16": "bf16", "float32": "fp32"}
 BYTES_PER_PARAM = {"bfloat16": 2, "float32": 4}
+GGUF = "gguf"  # llama.cpp's "dtype": the GGUF file's own mix of quantized types (its floor: the file's size)
 # Raw vLLM variants (one change each from the baseline), then the derived ones, then the peers.
 VARIANTS = (
     "baseline",
@@ -665,11 +666,11 @@ def table_row(label: str, dtype: str, s: dict[str, Any], start: str, flr: float 
 def print_table(record: dict[str, Any]) -> None:
     floors = record["floor"]["ms"]
     print(
-        f"\nSmolLM2-135M-Instruct on {record['machine']['cpu_model']} ({record['machine']['cores']} cores), "
+        f"\n{record['model']} on {record['machine']['cpu_model']} ({record['machine']['cores']} cores), "
         f"{record['prompt_tokens_mean']:.0f}-token RAG prompts, {record['max_tokens']} new tokens, greedy. "
         f"Floor: {record['floor']['gbps']:.1f} GB/s -> "
         + ", ".join(f"{SHORT[d]} {ms:.1f} ms/token" for d, ms in floors.items())
-        + (f", q4_1 GGUF {record['gguf_floor_ms']:.1f} ms/token" if record.get("gguf_floor_ms") else "")
+        + (f", GGUF file {record['gguf_floor_ms']:.1f} ms/token" if record.get("gguf_floor_ms") else "")
     )
     header = (
         f"{'variant':<18} {'dtype':<5} {'c':>2} {'start s':>8} {'TTFT p50':>9} {'p99':>7} {'ITL p50':>8} "
@@ -680,7 +681,7 @@ def print_table(record: dict[str, Any]) -> None:
     for label, rec in record["variants"].items():
         dtype = rec["dtype"]
         base = record["variants"].get(f"baseline-{SHORT.get(dtype, dtype)}")
-        flr = record.get("gguf_floor_ms") if dtype == "q4_1" else floors.get(dtype)
+        flr = record.get("gguf_floor_ms") if dtype == GGUF else floors.get(dtype)
         if not rec.get("levels"):
             print(f"{label:<18} {SHORT.get(dtype, dtype):<5} {'':>2} {rec.get('error', 'no levels')}")
             continue
@@ -738,6 +739,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     record: dict[str, Any] = {
+        "model": Path(settings.generator.model).name,
         "machine": info,
         "floor": flr,
         "levels": args.levels,
@@ -818,7 +820,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         record["gguf_floor_ms"] = gguf_floor(gguf, flr["gbps"])
         v = Variant(
             name="llama.cpp",
-            dtype="q4_1",
+            dtype=GGUF,
             engine="llama.cpp",
             engine_args={"gguf": str(gguf)},
             unset=["LD_PRELOAD", *EMULATED_AVX2],
@@ -826,7 +828,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             requests=args.requests,
             max_tokens=args.max_tokens,
             timeout_s=args.timeout,
-            changes=["llama-cpp-python, Q4_1 GGUF, one request at a time"],
+            changes=[f"llama-cpp-python, {gguf.name}, one request at a time"],
         )
         await run(v)
 
