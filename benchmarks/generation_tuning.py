@@ -12,9 +12,10 @@ What it measures, in this order, everything in one invocation and strictly one e
 * the machine: CPU model, the ISA flags that matter, torch's CPU capability, cores, memory, and the
   load average before each variant (above ``--max-load`` it waits up to 60 s for it to fall);
 * the floor: read bandwidth (numpy sums over an array far larger than the caches, on one thread and
-  on one thread per core, best of several) and the weight bytes per dtype (parameter count from the
-  model folder's safetensors x 2 for bf16, x 4 for fp32): floor ms/token = weight bytes / bandwidth,
-  which is what a decode step at any batch size must at least read;
+  on one thread per core, best of several) and the weight bytes per dtype (the parameters a decode
+  step reads, from the model folder's safetensors: all but an untied input embedding table, x 2 for
+  bf16, x 4 for fp32): floor ms/token = weight bytes / bandwidth, which is what a decode step at any
+  batch size must at least read;
 * raw vLLM, each variant in a fresh subprocess (LD_PRELOAD, thread binding and the ISA variables
   only act at process start): ``baseline`` is what the service does (``enforce_eager``, no
   LD_PRELOAD, every CPU bound, 1 GiB KV cache, max_model_len 2048, vLLM's default
@@ -195,14 +196,23 @@ def read_bandwidth(mib: int, threads: int, repeats: int = 5) -> float:
 
 
 def parameter_count(folder: Path) -> int:
-    """Parameters in the folder's safetensors files, from their headers (8-byte length + JSON)."""
-    total = 0
+    """Parameters a decode step reads, from the folder's safetensors headers (8-byte length + JSON).
+
+    Every tensor but the input embedding table: a step looks up one row of it. Where the output head
+    is tied to that table (no ``lm_head.weight`` stored, as SmolLM2) the table is read whole as the head
+    and counts; where the head is its own tensor (Qwen2.5-Coder-0.5B as converted here) it does not."""
+    shapes: dict[str, list[int]] = {}
     for path in sorted(folder.glob("*.safetensors")):
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(length))
-        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
-    return total
+        shapes.update({name: t["shape"] for name, t in header.items() if name != "__metadata__"})
+    untied_embedding = "lm_head.weight" in shapes
+    return sum(
+        math.prod(shape)
+        for name, shape in shapes.items()
+        if not (untied_embedding and name.endswith("embed_tokens.weight"))
+    )
 
 
 def bandwidth(mib: int, cores: int) -> dict[str, float]:
