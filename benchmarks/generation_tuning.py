@@ -301,20 +301,44 @@ def cpu_seconds() -> dict[str, float]:
     values = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = values
     tick = os.sysconf("SC_CLK_TCK")
-    own = sum(
-        getattr(resource.getrusage(who), name)
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-        for name in ("ru_utime", "ru_stime")
-    )
-    return {"busy": (user + nice + system + irq + softirq) / tick, "steal": steal / tick, "own": own}
+    usage = {who: resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)}
+    self_s = usage[resource.RUSAGE_SELF].ru_utime + usage[resource.RUSAGE_SELF].ru_stime
+    children_s = usage[resource.RUSAGE_CHILDREN].ru_utime + usage[resource.RUSAGE_CHILDREN].ru_stime
+    return {
+        "busy": (user + nice + system + irq + softirq) / tick,
+        "steal": steal / tick,
+        "own": self_s + children_s,
+        "self": self_s,
+    }
 
 
-def foreign_cpu(before: dict[str, float], wall_s: float, cores: int) -> dict[str, float]:
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a live process and all its descendants, read while they run. A server's vLLM
+    engine core and worker are not reaped by the server as it stops, so their time never reaches this
+    process's RUSAGE_CHILDREN: a service variant is accounted this way instead."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def foreign_cpu(
+    before: dict[str, float], wall_s: float, cores: int, server_s: float | None = None
+) -> dict[str, float]:
     """Shares of the machine's CPU time during a variant used by processes not of this benchmark, and
-    stolen by the hypervisor: above a few percent the variant's figures are not clean."""
+    stolen by the hypervisor: above a few percent the variant's figures are not clean. ``server_s``:
+    a service variant's server tree, measured live (``tree_cpu_seconds``), instead of reaped children."""
     after = cpu_seconds()
     capacity = max(wall_s * cores, 1e-9)
-    other = after["busy"] - before["busy"] - (after["own"] - before["own"])
+    own = after["own"] - before["own"] if server_s is None else after["self"] - before["self"] + server_s
+    other = after["busy"] - before["busy"] - own
     return {
         "foreign_cpu_share": max(0.0, other) / capacity,
         "steal_share": (after["steal"] - before["steal"]) / capacity,
@@ -419,17 +443,19 @@ async def run_service(
     saved = {name: os.environ.pop(name) for name in variant.unset if name in os.environ}
     started = time.perf_counter()
     try:
-        with server(None, log_path, env) as (url, _):
+        with server(None, log_path, env) as (url, proc):
             start_s = time.perf_counter() - started
             one, client = await service_engine(url, variant.max_tokens, top_k)
             async with client:
                 levels = await measure(variant.label, one, variant.levels, batches, warm_up)
+            server_s = tree_cpu_seconds(proc.pid) if proc else None
     finally:
         os.environ.update(saved)
     return {
         "start_s": start_s,
         "levels": [summary(level) for level in levels],
         "same_prompt": sum(bool(r.same_prompt) for level in levels for r in level.runs),
+        "server_cpu_s": server_s,
         "warnings": warnings_in(log_path),
         "log": str(log_path.relative_to(REPO) if log_path.is_relative_to(REPO) else log_path),
     }
@@ -782,9 +808,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         else:
             rec = run_child(v, batches_for(v, prompts), warm_up, args.out)
         rec.update(dtype=v.dtype, engine=v.engine, changes=v.changes, env=v.env, unset=v.unset, **load)
-        rec.update(
-            foreign_cpu(cpu, time.perf_counter() - started, info["cores"]), loadavg_after=os.getloadavg()
-        )
+        wall_s, server_s = time.perf_counter() - started, rec.get("server_cpu_s")
+        rec.update(foreign_cpu(cpu, wall_s, info["cores"], server_s), loadavg_after=os.getloadavg())
         print(
             f"  other processes used {rec['foreign_cpu_share']:.0%} of the CPUs meanwhile, "
             f"the hypervisor stole {rec['steal_share']:.0%}"
