@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from benchmarks.generation import (
     RESULTS,
@@ -82,7 +83,7 @@ from benchmarks.generation import (
     unthrottled,
     vllm_engine,
 )
-from benchmarks.server import REPO, server
+from benchmarks.server import REPO, server, tree_cpu_seconds
 from rag_service.config import Settings
 
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
@@ -312,29 +313,13 @@ def cpu_seconds() -> dict[str, float]:
     }
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a live process and all its descendants, read while they run. A server's vLLM
-    engine core and worker are not reaped by the server as it stops, so their time never reaches this
-    process's RUSAGE_CHILDREN: a service variant is accounted this way instead."""
-    import psutil
-
-    total = 0.0
-    root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
 def foreign_cpu(
     before: dict[str, float], wall_s: float, cores: int, server_s: float | None = None
 ) -> dict[str, float]:
     """Shares of the machine's CPU time during a variant used by processes not of this benchmark, and
     stolen by the hypervisor: above a few percent the variant's figures are not clean. ``server_s``:
-    a service variant's server tree, measured live (``tree_cpu_seconds``), instead of reaped children."""
+    a service variant's server tree, measured live (``tree_cpu_seconds``), instead of reaped children:
+    vLLM's engine core and worker never reach this process's RUSAGE_CHILDREN."""
     after = cpu_seconds()
     capacity = max(wall_s * cores, 1e-9)
     own = after["own"] - before["own"] if server_s is None else after["self"] - before["self"] + server_s
@@ -448,7 +433,7 @@ async def run_service(
             one, client = await service_engine(url, variant.max_tokens, top_k)
             async with client:
                 levels = await measure(variant.label, one, variant.levels, batches, warm_up)
-            server_s = tree_cpu_seconds(proc.pid) if proc else None
+            server_s = tree_cpu_seconds(psutil.Process(proc.pid)) if proc else None
     finally:
         os.environ.update(saved)
     return {

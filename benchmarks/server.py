@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 900
 
@@ -44,6 +46,19 @@ def _readiness(url: str) -> str | None:
     except (ValueError, AttributeError):
         return None
     return str(status) if status is not None else None
+
+
+def tree_cpu_seconds(proc: psutil.Process) -> float:
+    """CPU seconds of a live process and its descendants, read while they run (a server's vLLM engine
+    core and worker are its children; they are not reaped into anyone's RUSAGE_CHILDREN as it stops)."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def free_port() -> int:

@@ -21,19 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.server import REPO, server
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    """CPU time of a process and its children (vLLM's engine core is a child of the server)."""
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+from benchmarks.server import REPO, server, tree_cpu_seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         ]  # fmt: skip
         print(" ".join(command), flush=True)
         server_proc = psutil.Process(started_proc.pid) if started_proc else None
-        server_cpu = cpu_seconds(server_proc) if server_proc else 0.0
+        server_cpu = tree_cpu_seconds(server_proc) if server_proc else 0.0
         started = time.perf_counter()
         locust = psutil.Popen(command, cwd=REPO)
         code = int(locust.wait())
@@ -71,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             share = json.loads(verdict_path.read_text())["locust_cpu_share_of_one_core"]
             summary["locust_cpu_share_of_machine"] = round(share / cpus, 3)
         if server_proc is not None:
-            used = cpu_seconds(server_proc) - server_cpu
+            used = tree_cpu_seconds(server_proc) - server_cpu
             summary["server_cpu_share_of_machine"] = round(used / wall / cpus, 3)
         else:
             summary["server_cpu_share_of_machine"] = "not measured (server not started by this run)"
